@@ -1,0 +1,318 @@
+"""Ports and canonical records shared by every connector.
+
+A connector turns a vendor's payloads into the frozen records below and
+nothing else: no SDK object leaves ``connectors/``. Every record carries
+``(connection, external_id)`` and the source's own last-updated time and
+version, so the store can tell a real change from an echo.
+
+Money is ``Decimal`` everywhere; a document's currency sits beside its
+amounts. Nothing in this module imports anything outside the standard library.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+Clock = Callable[[], datetime]
+"""Returns the current time, timezone-aware (UTC). Injected everywhere."""
+
+Sleeper = Callable[[float], None]
+"""Waits the given number of seconds. Injected so tests move time instead."""
+
+
+class Entity(enum.StrEnum):
+    CUSTOMER = "customer"
+    INVOICE = "invoice"
+    PAYMENT = "payment"
+    CREDIT_NOTE = "credit_note"
+
+
+class InvoiceStatus(enum.StrEnum):
+    DRAFT = "draft"
+    OPEN = "open"
+    PARTIALLY_PAID = "partially_paid"
+    PAID = "paid"
+    VOID = "void"
+    DELETED = "deleted"
+
+
+class DocumentStatus(enum.StrEnum):
+    """Status of payments and credit notes."""
+
+    OPEN = "open"
+    APPLIED = "applied"
+    VOID = "void"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class Contact:
+    email: str
+    name: str | None = None
+    role: str = "billing"
+
+
+@dataclass(frozen=True)
+class CustomerRecord:
+    connection: str
+    external_id: str
+    updated_at: datetime | None
+    version: str | None
+    name: str
+    currency: str | None
+    active: bool
+    contacts: tuple[Contact, ...] = ()
+    company_name: str | None = None
+    phone: str | None = None
+    balance: Decimal | None = None
+    parent_external_id: str | None = None
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class DocumentLine:
+    line_no: int
+    amount: Decimal
+    description: str | None = None
+    quantity: Decimal | None = None
+    unit_price: Decimal | None = None
+    item_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class InvoiceRecord:
+    connection: str
+    external_id: str
+    updated_at: datetime | None
+    version: str | None
+    customer_external_id: str | None
+    number: str | None
+    issue_date: date | None
+    due_date: date | None
+    terms: str | None
+    currency: str
+    total: Decimal
+    balance: Decimal
+    status: InvoiceStatus
+    lines: tuple[DocumentLine, ...] = ()
+    memo: str | None = None
+
+
+@dataclass(frozen=True)
+class PaymentApplication:
+    target_entity: Entity
+    target_external_id: str
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class PaymentRecord:
+    connection: str
+    external_id: str
+    updated_at: datetime | None
+    version: str | None
+    customer_external_id: str | None
+    payment_date: date | None
+    currency: str
+    amount: Decimal
+    unapplied: Decimal
+    status: DocumentStatus
+    reference: str | None = None
+    method: str | None = None
+    applications: tuple[PaymentApplication, ...] = ()
+
+
+@dataclass(frozen=True)
+class CreditNoteRecord:
+    connection: str
+    external_id: str
+    updated_at: datetime | None
+    version: str | None
+    customer_external_id: str | None
+    number: str | None
+    issue_date: date | None
+    currency: str
+    total: Decimal
+    remaining: Decimal
+    status: DocumentStatus
+    lines: tuple[DocumentLine, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """The source says this record was deleted."""
+
+    connection: str
+    entity: Entity
+    external_id: str
+    updated_at: datetime | None
+
+
+Record = CustomerRecord | InvoiceRecord | PaymentRecord | CreditNoteRecord | Tombstone
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """A payload that could not be mapped, kept whole with the reason."""
+
+    connection: str
+    entity: Entity
+    external_id: str | None
+    reason: str
+    payload: Mapping[str, Any]
+
+
+@dataclass
+class Page:
+    """One response's worth of records for one entity.
+
+    ``resume`` is an opaque position the source accepts to continue a full
+    pull after this page (``None`` once the pull is complete).
+    """
+
+    entity: Entity
+    records: list[Record] = field(default_factory=list)
+    quarantined: list[Quarantined] = field(default_factory=list)
+    resume: str | None = None
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Window:
+    """A closed-open window on the source's last-updated time."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+class RecordSource(Protocol):
+    """A source of canonical records by entity and cursor."""
+
+    connection: str
+    entities: tuple[Entity, ...]
+    change_horizon_days: int
+
+    def pull(self, entity: Entity, window: Window, resume: str | None) -> Iterator[Page]:
+        """Every record of ``entity`` updated inside ``window``, page by page,
+        in a stable order, starting after ``resume``."""
+        ...
+
+    def changes(self, entities: Sequence[Entity], since: datetime) -> list[Page]:
+        """Everything changed since ``since``, deletes included, one page per entity.
+
+        A page with ``truncated`` set hit the source's per-response cap; the
+        caller must re-read that entity another way."""
+        ...
+
+    def external_ids(self, entity: Entity) -> Iterator[list[str]]:
+        """Every live id of ``entity`` at the source, in chunks."""
+        ...
+
+    def api_calls(self) -> int:
+        """Requests sent so far, for reports and benchmarks."""
+        ...
+
+
+@dataclass(frozen=True)
+class Posting:
+    """One effect to write into the ledger system (used by write-back)."""
+
+    key: str
+    kind: str
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PostingResult:
+    key: str
+    ok: bool
+    external_id: str | None = None
+    reason: str | None = None
+
+
+class LedgerWriter(Protocol):
+    """Writes postings to the accounting system, idempotently by ``key``."""
+
+    def post(self, postings: Sequence[Posting]) -> list[PostingResult]: ...
+
+
+# --- OAuth tokens -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OAuthTokens:
+    access_token: str
+    refresh_token: str
+    access_expires_at: datetime
+    refresh_expires_at: datetime | None = None
+    account_id: str | None = None
+    """The vendor's company id (QuickBooks realm, Xero tenant)."""
+
+
+class TokenStore(Protocol):
+    """Where a connection's tokens live. Implemented by the ledger store."""
+
+    def load(self) -> OAuthTokens | None: ...
+
+    def save(self, tokens: OAuthTokens) -> None: ...
+
+    def refresh_locked(
+        self, stale: OAuthTokens | None, refresh: Callable[[OAuthTokens], OAuthTokens]
+    ) -> OAuthTokens:
+        """Refresh under a lock shared by every process using this store.
+
+        Re-reads the stored tokens inside the lock: if another run already
+        replaced ``stale``, returns the stored pair without refreshing.
+        Otherwise calls ``refresh``, persists its result before returning it.
+        """
+        ...
+
+    def mark_needs_reauth(self, reason: str) -> None: ...
+
+
+# --- Errors: one taxonomy for every connector --------------------------------
+
+
+class Actor(enum.StrEnum):
+    """Who must act for a failure to go away."""
+
+    CONFIG = "config"
+    """The user: fix the config or re-authorise."""
+    SYSTEM = "system"
+    """The vendor or our code: a bug or an outage that will not pass by itself."""
+    TRANSIENT = "transient"
+    """Nobody: try again later."""
+
+
+class ConnectorError(Exception):
+    actor: Actor = Actor.SYSTEM
+
+    def __init__(self, message: str, *, actor: Actor | None = None) -> None:
+        super().__init__(message)
+        if actor is not None:
+            self.actor = actor
+
+
+class FatalError(ConnectorError):
+    """Retrying will not help."""
+
+
+class RetriableError(ConnectorError):
+    actor = Actor.TRANSIENT
+
+
+class RateLimitedError(RetriableError):
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ReauthRequiredError(ConnectorError):
+    """The connection must be authorised again by a person (``arsync connect``)."""
+
+    actor = Actor.CONFIG

@@ -1,0 +1,270 @@
+"""The ledger store's tables.
+
+Every synced row keeps ``(connection_id, external_id)`` and the source's own
+last-updated time and version (QuickBooks ``SyncToken``). Money columns are
+``Decimal``: ``NUMERIC(20, 4)`` on PostgreSQL, and a decimal string on SQLite,
+whose NUMERIC affinity would otherwise round-trip through a float.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+from sqlmodel import Field, SQLModel
+
+
+class MoneyType(TypeDecorator[Decimal]):
+    impl = sa.Numeric(20, 4)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(40))
+        return dialect.type_descriptor(sa.Numeric(20, 4, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, Decimal):
+            raise TypeError(f"money must be Decimal, got {type(value).__name__}")
+        return str(value) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return value if isinstance(value, Decimal) else Decimal(value)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware in Python, stored as UTC on both databases."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: use an aware UTC datetime")
+        utc = value.astimezone(UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def money(nullable: bool = False) -> Any:
+    if nullable:
+        return Field(default=None, sa_type=MoneyType, nullable=True)
+    return Field(sa_type=MoneyType, nullable=False)
+
+
+def utc(nullable: bool = True, index: bool = False) -> Any:
+    return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenant"
+
+    id: str = Field(primary_key=True, max_length=100)
+    display_name: str
+    timezone: str = "UTC"
+    home_currency: str = Field(default="USD", max_length=3)
+
+
+class Connection(SQLModel, table=True):
+    """A link to one company in one outside system, with its OAuth tokens."""
+
+    __tablename__ = "connection"
+
+    id: str = Field(primary_key=True, max_length=100)
+    tenant_id: str = Field(foreign_key="tenant.id", index=True)
+    kind: str = Field(max_length=40)
+    account_id: str | None = None
+    status: str = Field(default="ok", max_length=40)
+    status_reason: str | None = None
+    access_token: str | None = None
+    refresh_token: str | None = None
+    access_expires_at: datetime | None = utc()
+    refresh_expires_at: datetime | None = utc()
+    token_generation: int = 0
+    parked_until: datetime | None = utc()
+
+
+class _Synced(SQLModel):
+    """Columns every synced entity carries."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: str = Field(foreign_key="connection.id", max_length=100)
+    external_id: str = Field(max_length=100)
+    source_updated_at: datetime | None = utc()
+    source_version: str | None = Field(default=None, max_length=40)
+    synced_at: datetime | None = utc()
+
+
+class Customer(_Synced, table=True):
+    __tablename__ = "customer"
+    __table_args__ = (sa.UniqueConstraint("connection_id", "external_id"),)
+
+    name: str
+    company_name: str | None = None
+    currency: str | None = Field(default=None, max_length=3)
+    phone: str | None = None
+    active: bool = True
+    balance: Decimal | None = money(nullable=True)
+    parent_external_id: str | None = None
+    deleted: bool = False
+
+
+class CustomerContact(SQLModel, table=True):
+    __tablename__ = "customer_contact"
+
+    id: int | None = Field(default=None, primary_key=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    email: str
+    name: str | None = None
+    role: str = "billing"
+
+
+class Invoice(_Synced, table=True):
+    __tablename__ = "invoice"
+    __table_args__ = (
+        sa.UniqueConstraint("connection_id", "external_id"),
+        sa.Index("ix_invoice_status_due", "connection_id", "status", "due_date"),
+    )
+
+    customer_external_id: str | None = Field(default=None, max_length=100)
+    number: str | None = None
+    issue_date: date | None = None
+    due_date: date | None = None
+    terms: str | None = None
+    currency: str = Field(max_length=3)
+    total: Decimal = money()
+    balance: Decimal = money()
+    status: str = Field(max_length=20)
+    memo: str | None = None
+
+
+class Payment(_Synced, table=True):
+    __tablename__ = "payment"
+    __table_args__ = (sa.UniqueConstraint("connection_id", "external_id"),)
+
+    customer_external_id: str | None = Field(default=None, max_length=100)
+    payment_date: date | None = None
+    currency: str = Field(max_length=3)
+    amount: Decimal = money()
+    unapplied: Decimal = money()
+    status: str = Field(max_length=20)
+    reference: str | None = None
+    method: str | None = None
+
+
+class PaymentApplication(SQLModel, table=True):
+    __tablename__ = "payment_application"
+
+    id: int | None = Field(default=None, primary_key=True)
+    payment_id: int = Field(foreign_key="payment.id", index=True)
+    target_entity: str = Field(max_length=20)
+    target_external_id: str = Field(max_length=100)
+    amount: Decimal = money()
+
+
+class CreditNote(_Synced, table=True):
+    __tablename__ = "credit_note"
+    __table_args__ = (sa.UniqueConstraint("connection_id", "external_id"),)
+
+    customer_external_id: str | None = Field(default=None, max_length=100)
+    number: str | None = None
+    issue_date: date | None = None
+    currency: str = Field(max_length=3)
+    total: Decimal = money()
+    remaining: Decimal = money()
+    status: str = Field(max_length=20)
+
+
+class DocumentLine(SQLModel, table=True):
+    """A line of an invoice or a credit note."""
+
+    __tablename__ = "document_line"
+    __table_args__ = (sa.Index("ix_document_line_doc", "document_type", "document_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    document_type: str = Field(max_length=20)
+    document_id: int
+    line_no: int
+    amount: Decimal = money()
+    description: str | None = None
+    quantity: Decimal | None = money(nullable=True)
+    unit_price: Decimal | None = money(nullable=True)
+    item_ref: str | None = None
+
+
+class SyncCursor(SQLModel, table=True):
+    """How far the incremental pull of one entity has read.
+
+    ``synced_through`` is never later than the start of the run that set it
+    (the signpost), so rows changed during a run are read again next time.
+    """
+
+    __tablename__ = "sync_cursor"
+
+    connection_id: str = Field(foreign_key="connection.id", primary_key=True, max_length=100)
+    entity: str = Field(primary_key=True, max_length=20)
+    synced_through: datetime | None = utc()
+
+
+class PullProgress(SQLModel, table=True):
+    """An unfinished full pull or backfill, so a restart resumes where it stopped."""
+
+    __tablename__ = "pull_progress"
+
+    connection_id: str = Field(foreign_key="connection.id", primary_key=True, max_length=100)
+    entity: str = Field(primary_key=True, max_length=20)
+    kind: str = Field(primary_key=True, max_length=20)
+    started_at: datetime | None = utc(nullable=False)
+    window_start: datetime | None = utc()
+    window_end: datetime | None = utc()
+    resume: str | None = None
+    rows: int = 0
+
+
+class SyncRun(SQLModel, table=True):
+    __tablename__ = "sync_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: str = Field(foreign_key="connection.id", index=True, max_length=100)
+    kind: str = Field(max_length=20)
+    status: str = Field(max_length=20)
+    started_at: datetime | None = utc(nullable=False)
+    finished_at: datetime | None = utc()
+    api_calls: int = 0
+    rows_written: int = 0
+    rows_unchanged: int = 0
+    rows_quarantined: int = 0
+    rows_deleted: int = 0
+    error: str | None = None
+
+
+class QuarantinedRecord(SQLModel, table=True):
+    """A source record that could not be mapped, kept whole with its reason."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (sa.Index("ix_quarantine_conn_entity", "connection_id", "entity", "external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: str = Field(foreign_key="connection.id", max_length=100)
+    entity: str = Field(max_length=20)
+    external_id: str | None = Field(default=None, max_length=100)
+    reason: str
+    payload: str
+    first_seen: datetime | None = utc(nullable=False)
+    last_seen: datetime | None = utc(nullable=False)
+    resolved_at: datetime | None = utc()
