@@ -1,0 +1,111 @@
+"""Wiring: the one place that builds everything and passes it down."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from arsync.clock import real_sleep, utc_now
+from arsync.config import Config, QuickBooksConnectionConfig, load_config
+from connectors.base import Clock, Sleeper
+from connectors.quickbooks.client import QuickBooksAuth, QuickBooksSettings, QuickBooksSource
+from sync.db import make_engine, require_migrated
+from sync.engine import PageObserver, SyncEngine, SyncPolicy
+from sync.models import Connection, Tenant
+from sync.tokens import DatabaseTokenStore
+
+
+@dataclass
+class App:
+    config: Config
+    engine: sa.Engine
+    sessions: sessionmaker[Session]
+    clock: Clock
+    sleeper: Sleeper
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def require_migrated(self) -> None:
+        require_migrated(self.engine)
+
+    def register(self) -> None:
+        """Make the ledger's tenant and connection rows match the config."""
+        with self.sessions.begin() as session:
+            for tenant in self.config.tenants:
+                row = session.get(Tenant, tenant.name)
+                if row is None:
+                    row = Tenant(id=tenant.name, display_name=tenant.display_name)
+                    session.add(row)
+                row.display_name = tenant.display_name
+                row.timezone = tenant.timezone
+                row.home_currency = tenant.home_currency
+                session.flush()
+                for conn in tenant.connections:
+                    existing = session.get(Connection, conn.name)
+                    if existing is None:
+                        existing = Connection(id=conn.name, tenant_id=tenant.name, kind=conn.kind)
+                        session.add(existing)
+                    existing.tenant_id = tenant.name
+                    existing.kind = conn.kind
+                    if conn.realm_id:
+                        existing.account_id = conn.realm_id
+
+    def quickbooks_settings(self, conn: QuickBooksConnectionConfig) -> QuickBooksSettings:
+        tenant = next(t for t in self.config.tenants if t.name == conn.tenant)
+        return QuickBooksSettings(
+            connection=conn.name,
+            client_id=conn.client_id.reveal(),
+            client_secret=conn.client_secret.reveal(),
+            redirect_uri=conn.redirect_uri,
+            api_base=conn.api_base,
+            discovery=conn.discovery,
+            token_url=conn.token_url,
+            realm_id=conn.realm_id,
+            minor_version=conn.minor_version,
+            timeout=float(conn.timeout_seconds),
+            per_second=conn.rate_limit.per_second,
+            per_minute=conn.rate_limit.per_minute,
+            concurrent=conn.rate_limit.concurrent,
+            home_currency=tenant.home_currency,
+        )
+
+    def auth(self, name: str) -> QuickBooksAuth:
+        return QuickBooksAuth(self.quickbooks_settings(self.config.connection(name)), self.clock)
+
+    def tokens(self, name: str) -> DatabaseTokenStore:
+        return DatabaseTokenStore(self.sessions, name)
+
+    def source(self, name: str) -> QuickBooksSource:
+        conn = self.config.connection(name)
+        settings = self.quickbooks_settings(conn)
+        return QuickBooksSource(
+            settings, self.tokens(name), self.clock, self.sleeper, QuickBooksAuth(settings, self.clock)
+        )
+
+    def sync_engine(self, name: str, on_page: PageObserver | None = None) -> SyncEngine:
+        conn = self.config.connection(name)
+        policy = SyncPolicy(
+            overlap=timedelta(seconds=conn.overlap_seconds),
+            delete_guard_ratio=conn.delete_guard_ratio,
+        )
+        return SyncEngine(self.sessions, self.clock, policy=policy, stop=self.stop, on_page=on_page)
+
+
+def build(config: Config, *, clock: Clock | None = None, sleeper: Sleeper | None = None) -> App:
+    engine = make_engine(config.database.url)
+    return App(
+        config=config,
+        engine=engine,
+        sessions=sessionmaker(engine, expire_on_commit=False),
+        clock=clock or utc_now,
+        sleeper=sleeper or real_sleep,
+    )
+
+
+def bootstrap(config_path: Path, *, clock: Clock | None = None, sleeper: Sleeper | None = None) -> App:
+    """Load and validate the config, then build the app around it."""
+    return build(load_config(config_path), clock=clock, sleeper=sleeper)

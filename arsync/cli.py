@@ -1,0 +1,250 @@
+"""The ``arsync`` command line."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from arsync.bootstrap import App, bootstrap
+from arsync.config import ConfigError
+from arsync.status import render_status
+from connectors.base import ConnectorError, Entity
+from sync.db import DatabaseNotMigratedError, current_revision, head_revision, upgrade
+from sync.engine import RunSummary, SyncEngine
+from sync.store import ApplyCounts
+
+app = typer.Typer(no_args_is_help=True, help="Accounts-receivable sync daemon.")
+config_app = typer.Typer(no_args_is_help=True, help="Check the configuration.")
+db_app = typer.Typer(no_args_is_help=True, help="Manage the ledger database.")
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="ARSYNC_CONFIG",
+        help="The TOML config file.",
+        show_default=True,
+    ),
+]
+DEFAULT_CONFIG = Path("arsync.toml")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _app(config: Path, *, migrated: bool = True) -> Iterator[App]:
+    try:
+        application = bootstrap(config)
+    except ConfigError as exc:
+        raise _fail(f"invalid configuration:\n{exc}") from None
+    try:
+        if migrated:
+            application.require_migrated()
+            application.register()
+        yield application
+    except DatabaseNotMigratedError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        application.engine.dispose()
+
+
+def _parse_date(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise _fail(f"{option} {value!r} is not a date (YYYY-MM-DD)") from None
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Validate the config and report every problem with its key and file."""
+    try:
+        loaded = bootstrap(config).config
+    except ConfigError as exc:
+        err.print(f"{len(exc.problems)} problem(s):", highlight=False)
+        for problem in exc.problems:
+            err.print(f"  {problem.file}: {problem.key}: {problem.message}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    names = ", ".join(c.name for c in loaded.connections()) or "none"
+    console.print(f"{config}: ok ({len(loaded.tenants)} tenant(s); connections: {names})", highlight=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Create or migrate the ledger schema to this version."""
+    with _app(config, migrated=False) as application:
+        upgrade(application.engine)
+        console.print(f"database at revision {current_revision(application.engine)} (head {head_revision()})")
+
+
+@app.command()
+def connect(
+    connection: Annotated[str, typer.Argument(help="Connection name from the config.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    answer: Annotated[
+        str | None,
+        typer.Option(help="The redirect URL (or code) if already at hand; otherwise asked for."),
+    ] = None,
+) -> None:
+    """Authorise a connection (OAuth2 authorization code) and store its tokens."""
+    with _app(config) as application:
+        try:
+            auth = application.auth(connection)
+        except KeyError as exc:
+            raise _fail(str(exc.args[0])) from None
+        state = secrets.token_urlsafe(16)
+        try:
+            url = auth.authorize_url(state)
+            console.print("Open this URL, approve access, then paste the URL you were redirected to:")
+            console.print(url, soft_wrap=True, highlight=False)
+            pasted = answer or typer.prompt("Redirect URL or code")
+            tokens = auth.exchange(pasted, state if "state=" in pasted else None)
+        except ConnectorError as exc:
+            raise _fail(f"{connection}: {exc}") from None
+        application.tokens(connection).save(tokens)
+        console.print(
+            f"{connection}: connected to company {tokens.account_id}; "
+            f"access token valid until {tokens.access_expires_at:%Y-%m-%d %H:%M} UTC"
+        )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed} rows"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def _report(summary: RunSummary) -> None:
+    total = summary.total()
+    line = (
+        f"{summary.connection}: {summary.kind} {summary.status}: {total.written} written, "
+        f"{total.unchanged} unchanged, {total.deleted} deleted, {total.quarantined} quarantined, "
+        f"{summary.api_calls} API calls"
+    )
+    if summary.error:
+        line += f"\n  {summary.error}"
+    (console if summary.status == "ok" else err).print(line, highlight=False, markup=False)
+
+
+def _engine(application: App, name: str, progress: Progress) -> SyncEngine:
+    """A sync engine whose pages move a progress bar per entity."""
+    tasks: dict[Entity, TaskID] = {}
+
+    def on_page(entity: Entity, counts: ApplyCounts) -> None:
+        if entity not in tasks:
+            tasks[entity] = progress.add_task(f"{name} {entity.value}", total=None)
+        progress.advance(tasks[entity], counts.written + counts.unchanged)
+
+    return application.sync_engine(name, on_page)
+
+
+@app.command()
+def sync(
+    config: ConfigOption = DEFAULT_CONFIG,
+    connection: Annotated[str | None, typer.Option(help="Only this connection.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Re-pull everything, not just changes.")] = False,
+) -> None:
+    """Pull changes (or everything, with --full) from each connection once."""
+    with _app(config) as application:
+        names = [connection] if connection else [c.name for c in application.config.connections()]
+        failed = False
+        for name in names:
+            try:
+                source = application.source(name)
+            except KeyError as exc:
+                raise _fail(str(exc.args[0])) from None
+            with _progress() as progress:
+                summary = _engine(application, name, progress).sync(source, full=full)
+            _report(summary)
+            failed |= summary.status != "ok"
+        raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def backfill(
+    connection: Annotated[str, typer.Option(help="The connection to re-pull.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    since: Annotated[str | None, typer.Option(help="From this date (YYYY-MM-DD), by last change.")] = None,
+    until: Annotated[str | None, typer.Option(help="Up to (not including) this date.")] = None,
+) -> None:
+    """Re-pull a window of records without moving the incremental cursor."""
+    start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
+    if start and end and start >= end:
+        raise _fail(f"--since {since} must be before --until {until}")
+    with _app(config) as application:
+        try:
+            source = application.source(connection)
+        except KeyError as exc:
+            raise _fail(str(exc.args[0])) from None
+        with _progress() as progress:
+            summary = _engine(application, connection, progress).backfill(source, start, end)
+        _report(summary)
+        raise typer.Exit(0 if summary.status == "ok" else 1)
+
+
+@app.command()
+def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Each connection's last run, cursor, counts, quarantine, errors and tokens."""
+    with _app(config) as application, application.sessions() as session:
+        console.print(render_status(session, application.config, application.clock()))
+
+
+@app.command()
+def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """The daemon: sync every connection on its interval until SIGTERM."""
+    from arsync.daemon import run_daemon
+
+    with _app(config) as application:
+        raise typer.Exit(run_daemon(application))
+
+
+@app.command()
+def demo(
+    workdir: Annotated[
+        Path, typer.Option(help="Where the demo writes its config and SQLite file.")
+    ] = Path("demo-run"),
+    customers: int = 200,
+    invoices: int = 2000,
+) -> None:
+    """Run the whole flow against a local QuickBooks sandbox and print a summary."""
+    from arsync.demo import run_demo
+
+    raise typer.Exit(run_demo(workdir, customers=customers, invoices=invoices, console=console))
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    app(prog_name="arsync")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)

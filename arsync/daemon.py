@@ -1,0 +1,116 @@
+"""``arsync run``: every connection synced on its interval, one run at a time.
+
+SIGTERM and SIGINT set the app's stop event: the running sync finishes the
+page whose transaction is open, commits it and returns; the scheduler then
+shuts down and the process exits 0. The next start resumes from there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from datetime import timedelta
+from types import FrameType
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from arsync.bootstrap import App
+
+log = logging.getLogger("arsync.daemon")
+
+
+class JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def sync_job(app: App, name: str) -> None:
+    if app.stop.is_set():
+        return
+    try:
+        summary = app.sync_engine(name).sync(app.source(name))
+    except Exception:
+        log.exception("sync crashed", extra={"fields": {"connection": name}})
+        return
+    total = summary.total()
+    log.info(
+        "sync %s",
+        summary.status,
+        extra={
+            "fields": {
+                "connection": name,
+                "run_id": summary.run_id,
+                "status": summary.status,
+                "written": total.written,
+                "unchanged": total.unchanged,
+                "deleted": total.deleted,
+                "quarantined": total.quarantined,
+                "api_calls": summary.api_calls,
+                "error": summary.error,
+            }
+        },
+    )
+
+
+def build_scheduler(app: App) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(timezone="UTC")
+    now = app.clock()
+    for conn in app.config.connections():
+        scheduler.add_job(
+            sync_job,
+            "interval",
+            args=(app, conn.name),
+            minutes=conn.sync_interval_minutes,
+            id=f"sync:{conn.name}",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=now + timedelta(seconds=1),
+        )
+    return scheduler
+
+
+def run_daemon(app: App) -> int:
+    configure_logging(app.config.daemon.log_format)
+    stopped = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+        app.stop.set()
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    scheduler = build_scheduler(app)
+    scheduler.start()
+    log.info(
+        "started",
+        extra={"fields": {"connections": [c.name for c in app.config.connections()]}},
+    )
+    stopped.wait()
+    scheduler.shutdown(wait=True)
+    log.info("stopped")
+    return 0

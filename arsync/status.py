@@ -1,0 +1,121 @@
+"""What ``arsync status`` shows: one row per connection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from rich.table import Table
+from sqlalchemy.orm import Session
+
+from arsync.config import Config
+from sync.models import Connection, PullProgress, QuarantinedRecord, SyncCursor, SyncRun
+from sync.store import TABLES
+
+
+@dataclass(frozen=True)
+class ConnectionStatus:
+    name: str
+    tenant: str
+    state: str
+    reason: str | None
+    last_run: SyncRun | None
+    last_error: str | None
+    cursor: datetime | None
+    in_progress: list[str]
+    counts: dict[str, int]
+    quarantined: int
+    access_expires_at: datetime | None
+    refresh_expires_at: datetime | None
+
+
+def connection_status(session: Session, name: str, tenant: str) -> ConnectionStatus:
+    row = session.get(Connection, name)
+    last_run = session.execute(
+        sa.select(SyncRun).where(SyncRun.connection_id == name).order_by(SyncRun.id.desc()).limit(1)  # type: ignore[arg-type, union-attr]
+    ).scalar_one_or_none()
+    last_error = session.execute(
+        sa.select(SyncRun.error)
+        .where(SyncRun.connection_id == name, SyncRun.error.is_not(None))  # type: ignore[arg-type, union-attr]
+        .order_by(SyncRun.id.desc())  # type: ignore[union-attr]
+        .limit(1)
+    ).scalar_one_or_none()
+    cursors = list(
+        session.execute(sa.select(SyncCursor.synced_through).where(SyncCursor.connection_id == name)).scalars()  # type: ignore[arg-type]
+    )
+    progress = [
+        f"{p.kind} {p.entity} at {p.resume or 'start'}"
+        for p in session.execute(sa.select(PullProgress).where(PullProgress.connection_id == name)).scalars()  # type: ignore[arg-type]
+    ]
+    counts = {
+        entity.value: int(
+            session.execute(sa.select(sa.func.count()).select_from(table).where(table.connection_id == name)).scalar_one()
+        )
+        for entity, table in TABLES.items()
+    }
+    quarantined = int(
+        session.execute(
+            sa.select(sa.func.count())
+            .select_from(QuarantinedRecord)
+            .where(QuarantinedRecord.connection_id == name, QuarantinedRecord.resolved_at.is_(None))  # type: ignore[arg-type, union-attr]
+        ).scalar_one()
+    )
+    return ConnectionStatus(
+        name=name,
+        tenant=tenant,
+        state=row.status if row else "unknown",
+        reason=row.status_reason if row else None,
+        last_run=last_run,
+        last_error=last_error,
+        cursor=min((c for c in cursors if c is not None), default=None),
+        in_progress=progress,
+        counts=counts,
+        quarantined=quarantined,
+        access_expires_at=row.access_expires_at if row else None,
+        refresh_expires_at=row.refresh_expires_at if row else None,
+    )
+
+
+def _when(value: datetime | None, now: datetime) -> str:
+    if value is None:
+        return "-"
+    delta = value - now
+    hours = delta.total_seconds() / 3600
+    rel = f"in {hours:.1f}h" if hours >= 0 else f"{-hours:.1f}h ago"
+    return f"{value:%Y-%m-%d %H:%M} ({rel})"
+
+
+def render_status(session: Session, config: Config, now: datetime) -> Table:
+    table = Table(title="arsync connections", show_lines=True)
+    for column in ("connection", "state", "last run", "cursor", "records", "quarantined", "errors", "tokens"):
+        table.add_column(column, overflow="fold")
+    for conn in config.connections():
+        s = connection_status(session, conn.name, conn.tenant)
+        state = s.state if not s.reason else f"{s.state}: {s.reason}"
+        if s.state == "needs_reauth":
+            state = f"[bold red]NEEDS RE-AUTHORISATION[/]\n{s.reason}\nrun `arsync connect {conn.name}`"
+        run = "-"
+        if s.last_run is not None:
+            r = s.last_run
+            run = (
+                f"{r.kind} {r.status} {_when(r.finished_at or r.started_at, now)}\n"
+                f"{r.rows_written} written, {r.rows_unchanged} unchanged, "
+                f"{r.rows_deleted} deleted, {r.api_calls} calls"
+            )
+        cursor = _when(s.cursor, now)
+        if s.in_progress:
+            cursor += "\nresumable: " + "; ".join(s.in_progress)
+        records = "\n".join(f"{k}: {v}" for k, v in s.counts.items())
+        tokens = f"access {_when(s.access_expires_at, now)}\nrefresh {_when(s.refresh_expires_at, now)}"
+        table.add_row(
+            f"{conn.name}\n({conn.tenant})",
+            state,
+            run,
+            cursor,
+            records,
+            str(s.quarantined),
+            s.last_error or "-",
+            tokens,
+        )
+    return table

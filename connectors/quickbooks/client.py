@@ -1,0 +1,312 @@
+"""QuickBooks Online: OAuth2 and the record source.
+
+The official SDKs do the talking: intuit-oauth for tokens, python-quickbooks
+for the v3 API. python-quickbooks sends through our ``HttpTransport`` (it
+accepts any ``requests.Session``), so every call gets explicit timeouts, the
+realm's rate budget, the fault table of ``faults.py`` and token refresh. The
+SDK's dict responses are mapped to canonical records here; no SDK object
+leaves this package.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import requests
+from intuitlib.client import AuthClient
+from intuitlib.enums import Scopes
+from intuitlib.exceptions import AuthClientError
+from quickbooks import QuickBooks
+
+from connectors.base import (
+    Actor,
+    Clock,
+    Entity,
+    FatalError,
+    OAuthTokens,
+    Page,
+    ReauthRequiredError,
+    RetriableError,
+    Sleeper,
+    TokenStore,
+    Window,
+)
+from connectors.http import HttpTransport, RateBudget
+from connectors.quickbooks.faults import make_classifier
+from connectors.quickbooks.mapping import (
+    ENTITY_NAMES,
+    format_qbo_datetime,
+    map_cdc_response,
+    map_query_response,
+)
+
+PAGE_SIZE = 1000
+"""QuickBooks' MAXRESULTS and its per-entity CDC cap."""
+
+CDC_HORIZON_DAYS = 30
+TOKEN_SKEW = timedelta(seconds=120)
+"""Refresh this long before the access token expires."""
+
+
+@dataclass(frozen=True)
+class QuickBooksSettings:
+    connection: str
+    client_id: str
+    client_secret: str
+    redirect_uri: str
+    api_base: str
+    discovery: str
+    """``production``, ``sandbox`` or the URL of an OpenID discovery document."""
+    token_url: str | None = None
+    realm_id: str | None = None
+    minor_version: int = 75
+    timeout: float = 60.0
+    per_second: int = 10
+    per_minute: int = 500
+    concurrent: int = 10
+    home_currency: str = "USD"
+
+
+class _TimedAuthClient(AuthClient):  # type: ignore[misc]
+    """intuit-oauth sends with no timeout; give every call one."""
+
+    http_timeout: float = 30.0
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", self.http_timeout)
+        response: requests.Response = super().request(method, url, *args, **kwargs)
+        return response
+
+
+class QuickBooksAuth:
+    """The OAuth2 authorization-code flow and token refresh, via intuit-oauth."""
+
+    def __init__(self, settings: QuickBooksSettings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._client: AuthClient | None = None
+
+    def _auth_client(self) -> AuthClient:
+        # AuthClient reads the discovery document when constructed: do it on first use.
+        if self._client is None:
+            s = self.settings
+            try:
+                client = _TimedAuthClient(
+                    s.client_id, s.client_secret, s.redirect_uri, s.discovery, realm_id=s.realm_id
+                )
+            except (requests.RequestException, AuthClientError) as exc:
+                raise RetriableError(f"{s.connection}: cannot read the OAuth discovery document: {exc}") from exc
+            if s.token_url:
+                client.token_endpoint = s.token_url
+            self._client = client
+        return self._client
+
+    def authorize_url(self, state: str) -> str:
+        url: str = self._auth_client().get_authorization_url([Scopes.ACCOUNTING], state_token=state)
+        return url
+
+    def _tokens(self, client: AuthClient, realm_id: str | None) -> OAuthTokens:
+        now = self.clock()
+        refresh_in = getattr(client, "x_refresh_token_expires_in", None)
+        return OAuthTokens(
+            access_token=str(client.access_token),
+            refresh_token=str(client.refresh_token),
+            access_expires_at=now + timedelta(seconds=int(client.expires_in or 3600)),
+            refresh_expires_at=now + timedelta(seconds=int(refresh_in)) if refresh_in else None,
+            account_id=realm_id,
+        )
+
+    def exchange(self, answer: str, expected_state: str | None) -> OAuthTokens:
+        """Trade the pasted redirect URL (or the bare code) for tokens."""
+        code, realm_id = answer.strip(), self.settings.realm_id
+        if "code=" in code:
+            query = parse_qs(urlparse(code).query)
+            if "error" in query:
+                raise FatalError(f"authorization refused: {query['error'][0]}", actor=Actor.CONFIG)
+            state = query.get("state", [None])[0]
+            if expected_state is not None and state != expected_state:
+                raise FatalError(
+                    "the redirect URL's state does not match this authorization: start again",
+                    actor=Actor.CONFIG,
+                )
+            code = query["code"][0]
+            realm_id = query.get("realmId", [realm_id])[0]
+        if not realm_id:
+            raise FatalError(
+                "no realm id: paste the whole redirect URL (it carries realmId) "
+                "or set realm_id in the config",
+                actor=Actor.CONFIG,
+            )
+        client = self._auth_client()
+        try:
+            client.get_bearer_token(code, realm_id=realm_id)
+        except AuthClientError as exc:
+            raise FatalError(f"the authorization code was refused: {exc.content!r}", actor=Actor.CONFIG) from exc
+        return self._tokens(client, realm_id)
+
+    def refresh(self, tokens: OAuthTokens) -> OAuthTokens:
+        client = self._auth_client()
+        try:
+            client.refresh(refresh_token=tokens.refresh_token)
+        except AuthClientError as exc:
+            body = exc.content.decode("utf-8", "replace") if isinstance(exc.content, bytes) else str(exc.content)
+            if "invalid_grant" in body or "invalid_client" in body:
+                raise ReauthRequiredError(
+                    f"{self.settings.connection}: QuickBooks refused the refresh token "
+                    f"({body.strip()[:200]}): run `arsync connect {self.settings.connection}`"
+                ) from exc
+            raise RetriableError(f"{self.settings.connection}: token refresh failed: HTTP {exc.status_code}") from exc
+        except requests.RequestException as exc:
+            raise RetriableError(f"{self.settings.connection}: token refresh failed: {exc}") from exc
+        return self._tokens(client, tokens.account_id)
+
+
+class QuickBooksSource:
+    """A ``RecordSource`` over one QuickBooks Online company (realm)."""
+
+    entities = (Entity.CUSTOMER, Entity.INVOICE, Entity.PAYMENT, Entity.CREDIT_NOTE)
+    change_horizon_days = CDC_HORIZON_DAYS
+
+    def __init__(
+        self,
+        settings: QuickBooksSettings,
+        tokens: TokenStore,
+        clock: Clock,
+        sleeper: Sleeper,
+        auth: QuickBooksAuth | None = None,
+    ) -> None:
+        self.settings = settings
+        self.connection = settings.connection
+        self.clock = clock
+        self.tokens = tokens
+        self.auth = auth or QuickBooksAuth(settings, clock)
+        self._token_lock = threading.Lock()
+        self._current: OAuthTokens | None = None
+        budget = RateBudget(
+            clock,
+            sleeper,
+            per_second=settings.per_second,
+            per_minute=settings.per_minute,
+            concurrent=settings.concurrent,
+        )
+        self.transport = HttpTransport(
+            classifier=make_classifier(clock),
+            budget=budget,
+            clock=clock,
+            sleeper=sleeper,
+            timeout=(10.0, settings.timeout),
+            authorize=self._authorization,
+            refresh=self._refresh,
+        )
+        self.transport.headers["Accept"] = "application/json"
+        self._sdk: QuickBooks | None = None
+
+    # --- tokens --------------------------------------------------------------
+
+    def _load(self) -> OAuthTokens:
+        tokens = self.tokens.load()
+        if tokens is None:
+            raise ReauthRequiredError(
+                f"{self.connection}: not connected yet: run `arsync connect {self.connection}`"
+            )
+        return tokens
+
+    def _refresh_from(self, stale: OAuthTokens) -> OAuthTokens:
+        try:
+            fresh = self.tokens.refresh_locked(stale, self.auth.refresh)
+        except ReauthRequiredError as exc:
+            self.tokens.mark_needs_reauth(str(exc))
+            raise
+        self._current = fresh
+        return fresh
+
+    def _authorization(self) -> str:
+        with self._token_lock:
+            current = self._current or self._load()
+            self._current = current
+            if current.access_expires_at - TOKEN_SKEW <= self.clock():
+                current = self._refresh_from(current)
+            return f"Bearer {current.access_token}"
+
+    def _refresh(self) -> None:
+        with self._token_lock:
+            self._refresh_from(self._current or self._load())
+
+    # --- the SDK ---------------------------------------------------------------
+
+    def _client(self) -> QuickBooks:
+        if self._sdk is None:
+            realm = self.settings.realm_id or self._load().account_id
+            if not realm:
+                raise ReauthRequiredError(f"{self.connection}: no realm id: run `arsync connect {self.connection}`")
+            sdk = QuickBooks(
+                company_id=realm, minorversion=self.settings.minor_version, use_decimal=True
+            )
+            sdk.session = self.transport
+            sdk.sandbox = False
+            sdk.api_url_v3 = self.settings.api_base.rstrip("/")
+            self._sdk = sdk
+        return self._sdk
+
+    def _query(self, statement: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._client().query(statement)
+        return result
+
+    # --- RecordSource ----------------------------------------------------------
+
+    def _where(self, entity: Entity, window: Window) -> str:
+        conditions = []
+        if entity is Entity.CUSTOMER:
+            conditions.append("Active IN (true, false)")
+        if window.start is not None:
+            conditions.append(f"Metadata.LastUpdatedTime >= '{format_qbo_datetime(window.start)}'")
+        if window.end is not None:
+            conditions.append(f"Metadata.LastUpdatedTime < '{format_qbo_datetime(window.end)}'")
+        return f" WHERE {' AND '.join(conditions)}" if conditions else ""
+
+    def pull(self, entity: Entity, window: Window, resume: str | None) -> Iterator[Page]:
+        name = ENTITY_NAMES[entity]
+        position = int(resume) if resume else 1
+        where = self._where(entity, window)
+        while True:
+            body = self._query(
+                f"SELECT * FROM {name}{where} ORDERBY Id STARTPOSITION {position} MAXRESULTS {PAGE_SIZE}"
+            )
+            records, bad, raw = map_query_response(self.connection, entity, body, self.settings.home_currency)
+            position += raw
+            done = raw < PAGE_SIZE
+            yield Page(entity, records, bad, resume=None if done else str(position))
+            if done:
+                return
+
+    def changes(self, entities: Sequence[Entity], since: datetime) -> list[Page]:
+        names = ",".join(ENTITY_NAMES[e] for e in entities)
+        body: dict[str, Any] = self._client().change_data_capture(names, format_qbo_datetime(since))
+        mapped = map_cdc_response(self.connection, body, entities, self.settings.home_currency)
+        pages = []
+        for entity in entities:
+            records, bad, raw = mapped[entity]
+            pages.append(Page(entity, records, bad, truncated=raw >= PAGE_SIZE))
+        return pages
+
+    def external_ids(self, entity: Entity) -> Iterator[list[str]]:
+        name = ENTITY_NAMES[entity]
+        where = " WHERE Active IN (true, false)" if entity is Entity.CUSTOMER else ""
+        position = 1
+        while True:
+            body = self._query(
+                f"SELECT Id FROM {name}{where} ORDERBY Id STARTPOSITION {position} MAXRESULTS {PAGE_SIZE}"
+            )
+            objects = body.get("QueryResponse", {}).get(name, [])
+            yield [str(o["Id"]) for o in objects if isinstance(o, dict) and "Id" in o]
+            position += len(objects)
+            if len(objects) < PAGE_SIZE:
+                return
+
+    def api_calls(self) -> int:
+        return self.transport.stats.requests

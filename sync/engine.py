@@ -1,0 +1,311 @@
+"""The pull engine: full pulls, incremental change feeds and backfills.
+
+Rules (after dlt's incremental and singer-sdk's signposts):
+
+* Each page is applied, and the progress that covers it recorded, in one
+  transaction. A process killed at any line resumes from the last committed
+  page; re-reading a page is harmless because upserts compare versions.
+* The incremental cursor never moves past the time the pull began (the
+  signpost), and the next run reads from ``cursor - overlap``.
+* A backfill re-reads a window and never moves the cursor.
+* A cursor older than the source's change horizon triggers a full re-pull
+  followed by an id-set comparison that marks records deleted at the source;
+  the deletion guard stops the run if that would delete most of them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from connectors.base import Clock, ConnectorError, Entity, Page, RecordSource, Window
+from sync.models import PullProgress, SyncCursor, SyncRun
+from sync.store import (
+    ApplyCounts,
+    apply_page,
+    live_external_ids,
+    mark_deleted,
+    resolve_quarantine,
+)
+
+FULL, CATCHUP, BACKFILL = "full", "catchup", "backfill"
+
+
+class SyncInterruptedError(Exception):
+    """A stop was requested; everything up to the last page is committed."""
+
+
+class DeleteGuardError(ConnectorError):
+    """A re-pull would mark most of a connection's records deleted."""
+
+
+@dataclass(frozen=True)
+class SyncPolicy:
+    overlap: timedelta = timedelta(minutes=5)
+    delete_guard_ratio: float = 0.5
+    delete_guard_minimum: int = 20
+    """Below this many live records the guard does not apply."""
+
+
+@dataclass
+class RunSummary:
+    connection: str
+    kind: str
+    run_id: int
+    status: str = "running"
+    counts: dict[Entity, ApplyCounts] = field(default_factory=dict)
+    api_calls: int = 0
+    error: str | None = None
+
+    def total(self) -> ApplyCounts:
+        total = ApplyCounts()
+        for counts in self.counts.values():
+            total.add(counts)
+        return total
+
+
+PageObserver = Callable[[Entity, ApplyCounts], None]
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        clock: Clock,
+        *,
+        policy: SyncPolicy | None = None,
+        stop: threading.Event | None = None,
+        on_page: PageObserver | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self.policy = policy or SyncPolicy()
+        self.stop = stop or threading.Event()
+        self.on_page = on_page
+
+    # --- entry points ----------------------------------------------------------
+
+    def sync(
+        self, source: RecordSource, *, full: bool = False, entities: Sequence[Entity] | None = None
+    ) -> RunSummary:
+        return self._run(source, "full" if full else "incremental", lambda s: self._sync(s, source, full, entities))
+
+    def backfill(
+        self,
+        source: RecordSource,
+        since: datetime | None,
+        until: datetime | None,
+        entities: Sequence[Entity] | None = None,
+    ) -> RunSummary:
+        window = Window(since, until)
+
+        def body(summary: RunSummary) -> None:
+            for entity in entities or source.entities:
+                self._pull(summary, source, entity, BACKFILL, window)
+
+        return self._run(source, "backfill", body)
+
+    # --- run bookkeeping -------------------------------------------------------
+
+    def _run(self, source: RecordSource, kind: str, body: Callable[[RunSummary], None]) -> RunSummary:
+        calls_before = source.api_calls()
+        with self.sessions.begin() as session:
+            run = SyncRun(connection_id=source.connection, kind=kind, status="running", started_at=self.clock())
+            session.add(run)
+            session.flush()
+            assert run.id is not None
+            summary = RunSummary(source.connection, kind, run.id)
+        try:
+            body(summary)
+            summary.status = "ok"
+        except SyncInterruptedError:
+            summary.status = "interrupted"
+            summary.error = "stopped on request; resumes from the last committed page"
+        except ConnectorError as exc:
+            summary.status = "failed"
+            summary.error = f"{type(exc).__name__} ({exc.actor}): {exc}"
+        except Exception as exc:
+            summary.status = "failed"
+            summary.error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            summary.api_calls = source.api_calls() - calls_before
+            self._finish(summary)
+        return summary
+
+    def _finish(self, summary: RunSummary) -> None:
+        total = summary.total()
+        with self.sessions.begin() as session:
+            session.execute(
+                sa.update(SyncRun)
+                .where(SyncRun.id == summary.run_id)  # type: ignore[arg-type]
+                .values(
+                    status=summary.status,
+                    finished_at=self.clock(),
+                    api_calls=summary.api_calls,
+                    rows_written=total.written,
+                    rows_unchanged=total.unchanged,
+                    rows_quarantined=total.quarantined,
+                    rows_deleted=total.deleted,
+                    error=summary.error,
+                )
+            )
+
+    # --- the work --------------------------------------------------------------
+
+    def _sync(
+        self, summary: RunSummary, source: RecordSource, full: bool, entities: Sequence[Entity] | None
+    ) -> None:
+        wanted = list(entities or source.entities)
+        signpost = self.clock()
+        horizon = signpost - timedelta(days=source.change_horizon_days)
+        with self.sessions() as session:
+            cursors = {
+                Entity(c.entity): c.synced_through
+                for c in session.execute(
+                    sa.select(SyncCursor).where(SyncCursor.connection_id == source.connection)  # type: ignore[arg-type]
+                ).scalars()
+            }
+            unfinished = {
+                (Entity(p.entity), p.kind): p
+                for p in session.execute(
+                    sa.select(PullProgress).where(PullProgress.connection_id == source.connection)  # type: ignore[arg-type]
+                ).scalars()
+            }
+        incremental: list[Entity] = []
+        for entity in wanted:
+            cursor = cursors.get(entity)
+            if (entity, CATCHUP) in unfinished:
+                progress = unfinished[(entity, CATCHUP)]
+                self._pull(summary, source, entity, CATCHUP, Window(progress.window_start, progress.window_end))
+            elif full or cursor is None or cursor < horizon or (entity, FULL) in unfinished:
+                self._pull(summary, source, entity, FULL, Window())
+            else:
+                incremental.append(entity)
+        if incremental:
+            self._changes(summary, source, incremental, cursors, signpost)
+
+    def _changes(
+        self,
+        summary: RunSummary,
+        source: RecordSource,
+        entities: list[Entity],
+        cursors: dict[Entity, datetime | None],
+        signpost: datetime,
+    ) -> None:
+        starts = [c for e in entities if (c := cursors.get(e)) is not None]
+        since = min(starts) - self.policy.overlap
+        for page in source.changes(entities, since):
+            if page.truncated:
+                # The feed capped this entity: re-read the window by query instead.
+                self._pull(summary, source, page.entity, CATCHUP, Window(since, signpost), started_at=signpost)
+                continue
+            with self.sessions.begin() as session:
+                counts = self._apply(session, source.connection, page)
+                self._advance(session, source.connection, page.entity, signpost)
+            self._observe(summary, page.entity, counts)
+
+    def _pull(
+        self,
+        summary: RunSummary,
+        source: RecordSource,
+        entity: Entity,
+        kind: str,
+        window: Window,
+        *,
+        started_at: datetime | None = None,
+    ) -> None:
+        key = (source.connection, entity.value, kind)
+        with self.sessions.begin() as session:
+            progress = session.get(PullProgress, key)
+            if progress is None:
+                progress = PullProgress(
+                    connection_id=source.connection,
+                    entity=entity.value,
+                    kind=kind,
+                    started_at=started_at or self.clock(),
+                    window_start=window.start,
+                    window_end=window.end,
+                )
+                session.add(progress)
+            resume = progress.resume
+            started = progress.started_at
+            assert started is not None
+        for page in source.pull(entity, window, resume):
+            with self.sessions.begin() as session:
+                counts = self._apply(session, source.connection, page)
+                session.execute(
+                    sa.update(PullProgress)
+                    .where(
+                        PullProgress.connection_id == source.connection,  # type: ignore[arg-type]
+                        PullProgress.entity == entity.value,  # type: ignore[arg-type]
+                        PullProgress.kind == kind,  # type: ignore[arg-type]
+                    )
+                    .values(resume=page.resume, rows=PullProgress.rows + len(page.records))
+                )
+            self._observe(summary, entity, counts)
+            if self.stop.is_set() and page.resume is not None:
+                raise SyncInterruptedError()
+        if kind != BACKFILL:
+            self._reconcile_deletes(summary, source, entity)
+        with self.sessions.begin() as session:
+            if kind != BACKFILL:
+                self._advance(session, source.connection, entity, started)
+            session.execute(
+                sa.delete(PullProgress).where(
+                    PullProgress.connection_id == source.connection,  # type: ignore[arg-type]
+                    PullProgress.entity == entity.value,  # type: ignore[arg-type]
+                    PullProgress.kind == kind,  # type: ignore[arg-type]
+                )
+            )
+
+    def _reconcile_deletes(self, summary: RunSummary, source: RecordSource, entity: Entity) -> None:
+        """Mark deleted what the ledger holds and the source no longer has.
+
+        Skipped on an entity's first pull: nothing can be missing yet.
+        """
+        with self.sessions() as session:
+            if session.get(SyncCursor, (source.connection, entity.value)) is None:
+                return
+        at_source: set[str] = set()
+        for chunk in source.external_ids(entity):
+            at_source.update(chunk)
+        with self.sessions.begin() as session:
+            live = live_external_ids(session, source.connection, entity)
+            gone = live - at_source
+            limit = self.policy.delete_guard_ratio * len(live)
+            if len(live) >= self.policy.delete_guard_minimum and len(gone) > limit:
+                raise DeleteGuardError(
+                    f"{source.connection}: the source lists {len(at_source)} {entity.value} records "
+                    f"but the ledger holds {len(live)}; marking {len(gone)} deleted exceeds the "
+                    f"guard ({self.policy.delete_guard_ratio:.0%}). Check the connection points at "
+                    "the right company; raise delete_guard_ratio to accept."
+                )
+            deleted = mark_deleted(session, source.connection, entity, sorted(gone), self.clock())
+        counts = ApplyCounts(deleted=deleted)
+        self._observe(summary, entity, counts)
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _apply(self, session: Session, connection: str, page: Page) -> ApplyCounts:
+        now = self.clock()
+        counts = apply_page(session, page.entity, page.records, page.quarantined, now)
+        resolve_quarantine(session, connection, page.entity, counts.written_ids, now)
+        return counts
+
+    def _advance(self, session: Session, connection: str, entity: Entity, to: datetime) -> None:
+        cursor = session.get(SyncCursor, (connection, entity.value))
+        if cursor is None:
+            session.add(SyncCursor(connection_id=connection, entity=entity.value, synced_through=to))
+        elif cursor.synced_through is None or cursor.synced_through < to:
+            cursor.synced_through = to
+
+    def _observe(self, summary: RunSummary, entity: Entity, counts: ApplyCounts) -> None:
+        summary.counts.setdefault(entity, ApplyCounts()).add(counts)
+        if self.on_page is not None:
+            self.on_page(entity, counts)

@@ -1,0 +1,108 @@
+"""Test helpers: a fake clock, database URLs for both stores, configs for the sandbox."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+PG_URL = os.environ.get("ARSYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+class FakeClock:
+    """A clock tests move by hand; ``sleep`` moves it instead of waiting."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = start or datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+        self._lock = threading.Lock()
+        self.slept: list[float] = []
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float = 0, **kwargs: float) -> None:
+        with self._lock:
+            self._now += timedelta(seconds=seconds, **kwargs)
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.advance(seconds)
+
+
+def postgres_available() -> bool:
+    try:
+        engine = sa.create_engine(PG_URL)
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+def require_postgres() -> None:
+    if postgres_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL is required in CI and is not reachable at {PG_URL}")
+    pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+
+
+def postgres_schema_url() -> Iterator[str]:
+    """A fresh schema per test, so parallel tests never share tables."""
+    require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def database_url(kind: str, tmp_path: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+    else:
+        yield from postgres_schema_url()
+
+
+def sandbox_config(tmp_path: Path, sandbox: object, database_url: str, name: str = "acme-qbo", **extra: object) -> Path:
+    """A config file pointing one QuickBooks connection at a running sandbox."""
+    (tmp_path / "credentials.toml").write_text(
+        f'[connections.{name}]\nclient_id = "{sandbox.client_id}"\nclient_secret = "{sandbox.client_secret}"\n'  # type: ignore[attr-defined]
+    )
+    lines = "".join(f"{k} = {v!r}\n" if isinstance(v, str) else f"{k} = {v}\n" for k, v in extra.items())
+    path = tmp_path / "arsync.toml"
+    path.write_text(
+        f"""[database]
+url = "{database_url}"
+
+[credentials]
+file = "credentials.toml"
+
+[tenants.acme]
+display_name = "Acme Plumbing"
+timezone = "America/Chicago"
+home_currency = "USD"
+
+[tenants.acme.connections.{name}]
+kind = "quickbooks"
+environment = "sandbox"
+redirect_uri = "http://127.0.0.1:8765/callback"
+base_url = "{sandbox.api_base}"
+token_url = "{sandbox.token_url}"
+discovery_url = "{sandbox.discovery_url}"
+{lines}"""  # type: ignore[attr-defined]
+    )
+    return path
