@@ -228,9 +228,7 @@ def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
 @app.command()
 def demo(
-    workdir: Annotated[
-        Path, typer.Option(help="Where the demo writes its config and SQLite file.")
-    ] = Path("demo-run"),
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its config and SQLite file.")] = Path("demo-run"),
     customers: int = 200,
     invoices: int = 2000,
 ) -> None:

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import requests
 import sqlalchemy as sa
+from connectors.quickbooks.sandbox import QuickBooksSandbox
+from connectors.quickbooks.seed import mutate_some, seed_company
 from rich.console import Console
 from rich.table import Table
+from sqlmodel import col
 
 from arsync.bootstrap import App, bootstrap
 from arsync.status import render_status
 from collect.aging import BUCKETS, aging_report
-from connectors.quickbooks.sandbox import QuickBooksSandbox
-from connectors.quickbooks.seed import mutate_some, seed_company
 from sync.db import upgrade
 from sync.engine import RunSummary
 from sync.models import Invoice
@@ -33,9 +34,7 @@ CONNECTION = "demo-qbo"
 
 def write_demo_config(workdir: Path, sandbox: QuickBooksSandbox) -> Path:
     (workdir / "credentials.toml").write_text(
-        f'[connections.{CONNECTION}]\n'
-        f'client_id = "{sandbox.client_id}"\n'
-        f'client_secret = "{sandbox.client_secret}"\n'
+        f'[connections.{CONNECTION}]\nclient_id = "{sandbox.client_id}"\nclient_secret = "{sandbox.client_secret}"\n'
     )
     (workdir / "credentials.toml").chmod(0o600)
     config = workdir / "arsync.toml"
@@ -136,12 +135,14 @@ def run_demo(workdir: Path, *, customers: int, invoices: int, console: Console) 
                 )
             console.print(aging)
             rows = session.execute(
-                sa.select(Invoice.external_id, Invoice.source_version, Invoice.balance).where(
-                    Invoice.connection_id == CONNECTION,  # type: ignore[arg-type]
-                    Invoice.external_id.in_(changed),  # type: ignore[attr-defined]
+                sa.select(col(Invoice.external_id), col(Invoice.source_version), col(Invoice.balance)).where(
+                    col(Invoice.connection_id) == CONNECTION,
+                    col(Invoice.external_id).in_(changed),
                 )
             ).all()
-            in_step = sum(1 for external_id, version, balance in rows if _matches(sandbox, external_id, version, balance))
+            in_step = sum(
+                1 for external_id, version, balance in rows if _matches(sandbox, external_id, version, balance)
+            )
             console.print(render_status(session, app.config, app.clock()))
         console.print(
             f"API calls: {first.api_calls} for the full sync, {second.api_calls} for the incremental; "

@@ -8,6 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from rich.table import Table
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from arsync.config import Config
 from sync.models import Connection, PullProgress, QuarantinedRecord, SyncCursor, SyncRun
@@ -33,24 +34,28 @@ class ConnectionStatus:
 def connection_status(session: Session, name: str, tenant: str) -> ConnectionStatus:
     row = session.get(Connection, name)
     last_run = session.execute(
-        sa.select(SyncRun).where(SyncRun.connection_id == name).order_by(SyncRun.id.desc()).limit(1)  # type: ignore[arg-type, union-attr]
+        sa.select(SyncRun).where(col(SyncRun.connection_id) == name).order_by(col(SyncRun.id).desc()).limit(1)
     ).scalar_one_or_none()
     last_error = session.execute(
-        sa.select(SyncRun.error)
-        .where(SyncRun.connection_id == name, SyncRun.error.is_not(None))  # type: ignore[arg-type, union-attr]
-        .order_by(SyncRun.id.desc())  # type: ignore[union-attr]
+        sa.select(col(SyncRun.error))
+        .where(col(SyncRun.connection_id) == name, col(SyncRun.error).is_not(None))
+        .order_by(col(SyncRun.id).desc())
         .limit(1)
     ).scalar_one_or_none()
     cursors = list(
-        session.execute(sa.select(SyncCursor.synced_through).where(SyncCursor.connection_id == name)).scalars()  # type: ignore[arg-type]
+        session.execute(
+            sa.select(col(SyncCursor.synced_through)).where(col(SyncCursor.connection_id) == name)
+        ).scalars()
     )
     progress = [
         f"{p.kind} {p.entity} at {p.resume or 'start'}"
-        for p in session.execute(sa.select(PullProgress).where(PullProgress.connection_id == name)).scalars()  # type: ignore[arg-type]
+        for p in session.execute(sa.select(PullProgress).where(col(PullProgress.connection_id) == name)).scalars()
     ]
     counts = {
         entity.value: int(
-            session.execute(sa.select(sa.func.count()).select_from(table).where(table.connection_id == name)).scalar_one()
+            session.execute(
+                sa.select(sa.func.count()).select_from(table).where(table.connection_id == name)
+            ).scalar_one()
         )
         for entity, table in TABLES.items()
     }
@@ -58,7 +63,7 @@ def connection_status(session: Session, name: str, tenant: str) -> ConnectionSta
         session.execute(
             sa.select(sa.func.count())
             .select_from(QuarantinedRecord)
-            .where(QuarantinedRecord.connection_id == name, QuarantinedRecord.resolved_at.is_(None))  # type: ignore[arg-type, union-attr]
+            .where(col(QuarantinedRecord.connection_id) == name, col(QuarantinedRecord.resolved_at).is_(None))
         ).scalar_one()
     )
     return ConnectionStatus(

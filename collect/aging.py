@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from sync.models import Invoice
 
@@ -47,10 +48,12 @@ def aging_report(session: Session, connections: Sequence[str], today: date) -> A
     """Sum open balances per bucket and currency, streaming the invoices."""
     report = AgingReport(today, {b: {} for b in BUCKETS}, dict.fromkeys(BUCKETS, 0))
     rows = session.execute(
-        sa.select(Invoice.due_date, Invoice.currency, Invoice.balance).where(
-            Invoice.connection_id.in_(connections),  # type: ignore[attr-defined]
-            Invoice.status.in_(OPEN_STATUSES),  # type: ignore[attr-defined]
-        ).execution_options(yield_per=5000)
+        sa.select(col(Invoice.due_date), col(Invoice.currency), col(Invoice.balance))
+        .where(
+            col(Invoice.connection_id).in_(connections),
+            col(Invoice.status).in_(OPEN_STATUSES),
+        )
+        .execution_options(yield_per=5000)
     )
     for due, currency, balance in rows:
         bucket = bucket_for(due, today)

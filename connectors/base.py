@@ -261,9 +261,7 @@ class TokenStore(Protocol):
 
     def save(self, tokens: OAuthTokens) -> None: ...
 
-    def refresh_locked(
-        self, stale: OAuthTokens | None, refresh: Callable[[OAuthTokens], OAuthTokens]
-    ) -> OAuthTokens:
+    def refresh_locked(self, stale: OAuthTokens | None, refresh: Callable[[OAuthTokens], OAuthTokens]) -> OAuthTokens:
         """Refresh under a lock shared by every process using this store.
 
         Re-reads the stored tokens inside the lock: if another run already

@@ -200,7 +200,7 @@ class HttpTransport(requests.Session):
             return error.wait
         return compute_backoff(state.attempt_number)
 
-    def request(  # type: ignore[override]
+    def request(
         self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
     ) -> requests.Response:
         kwargs.setdefault("timeout", self.default_timeout)
@@ -220,9 +220,7 @@ class HttpTransport(requests.Session):
         with self._stats_lock:
             setattr(self.stats, field, getattr(self.stats, field) + 1)
 
-    def _attempt(
-        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
-    ) -> requests.Response:
+    def _attempt(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         if self.authorize is not None:
             headers = dict(kwargs.get("headers") or {})
             headers["Authorization"] = self.authorize()

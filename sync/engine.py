@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
 
 from connectors.base import Clock, ConnectorError, Entity, Page, RecordSource, Window
 from sync.models import PullProgress, SyncCursor, SyncRun
@@ -90,9 +91,7 @@ class SyncEngine:
 
     # --- entry points ----------------------------------------------------------
 
-    def sync(
-        self, source: RecordSource, *, full: bool = False, entities: Sequence[Entity] | None = None
-    ) -> RunSummary:
+    def sync(self, source: RecordSource, *, full: bool = False, entities: Sequence[Entity] | None = None) -> RunSummary:
         return self._run(source, "full" if full else "incremental", lambda s: self._sync(s, source, full, entities))
 
     def backfill(
@@ -143,7 +142,7 @@ class SyncEngine:
         with self.sessions.begin() as session:
             session.execute(
                 sa.update(SyncRun)
-                .where(SyncRun.id == summary.run_id)  # type: ignore[arg-type]
+                .where(col(SyncRun.id) == summary.run_id)
                 .values(
                     status=summary.status,
                     finished_at=self.clock(),
@@ -158,9 +157,7 @@ class SyncEngine:
 
     # --- the work --------------------------------------------------------------
 
-    def _sync(
-        self, summary: RunSummary, source: RecordSource, full: bool, entities: Sequence[Entity] | None
-    ) -> None:
+    def _sync(self, summary: RunSummary, source: RecordSource, full: bool, entities: Sequence[Entity] | None) -> None:
         wanted = list(entities or source.entities)
         signpost = self.clock()
         horizon = signpost - timedelta(days=source.change_horizon_days)
@@ -168,13 +165,13 @@ class SyncEngine:
             cursors = {
                 Entity(c.entity): c.synced_through
                 for c in session.execute(
-                    sa.select(SyncCursor).where(SyncCursor.connection_id == source.connection)  # type: ignore[arg-type]
+                    sa.select(SyncCursor).where(col(SyncCursor.connection_id) == source.connection)
                 ).scalars()
             }
             unfinished = {
                 (Entity(p.entity), p.kind): p
                 for p in session.execute(
-                    sa.select(PullProgress).where(PullProgress.connection_id == source.connection)  # type: ignore[arg-type]
+                    sa.select(PullProgress).where(col(PullProgress.connection_id) == source.connection)
                 ).scalars()
             }
         incremental: list[Entity] = []
@@ -242,11 +239,11 @@ class SyncEngine:
                 session.execute(
                     sa.update(PullProgress)
                     .where(
-                        PullProgress.connection_id == source.connection,  # type: ignore[arg-type]
-                        PullProgress.entity == entity.value,  # type: ignore[arg-type]
-                        PullProgress.kind == kind,  # type: ignore[arg-type]
+                        col(PullProgress.connection_id) == source.connection,
+                        col(PullProgress.entity) == entity.value,
+                        col(PullProgress.kind) == kind,
                     )
-                    .values(resume=page.resume, rows=PullProgress.rows + len(page.records))
+                    .values(resume=page.resume, rows=col(PullProgress.rows) + len(page.records))
                 )
             self._observe(summary, entity, counts)
             if self.stop.is_set() and page.resume is not None:
@@ -258,9 +255,9 @@ class SyncEngine:
                 self._advance(session, source.connection, entity, started)
             session.execute(
                 sa.delete(PullProgress).where(
-                    PullProgress.connection_id == source.connection,  # type: ignore[arg-type]
-                    PullProgress.entity == entity.value,  # type: ignore[arg-type]
-                    PullProgress.kind == kind,  # type: ignore[arg-type]
+                    col(PullProgress.connection_id) == source.connection,
+                    col(PullProgress.entity) == entity.value,
+                    col(PullProgress.kind) == kind,
                 )
             )
 

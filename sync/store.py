@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from connectors.base import (
     CreditNoteRecord,
@@ -132,7 +133,7 @@ def _is_newer(record_at: datetime | None, record_version: str | None, row: Any) 
             return False
         if record_at > stored_at:
             return True
-    return record_version != stored_version
+    return bool(record_version != stored_version)
 
 
 def _deleted_values(entity: Entity) -> dict[str, Any]:
@@ -177,7 +178,7 @@ def apply_page(
                     table.external_id,
                     table.source_updated_at,
                     table.source_version,
-                    *( [table.deleted] if entity is Entity.CUSTOMER else [table.status]),
+                    *([table.deleted] if entity is Entity.CUSTOMER else [table.status]),
                 ).where(table.connection_id == connection, table.external_id.in_(ids))
             )
         }
@@ -196,8 +197,7 @@ def apply_page(
                     .where(table.id == row.id)
                     .values(
                         _deleted_values(entity)
-                        | {"source_updated_at": record.updated_at or row.source_updated_at,
-                           "synced_at": now}
+                        | {"source_updated_at": record.updated_at or row.source_updated_at, "synced_at": now}
                     )
                 )
                 counts.deleted += 1
@@ -208,16 +208,12 @@ def apply_page(
             if not _is_newer(record.updated_at, record.version, row):
                 counts.unchanged += 1
                 continue
-            session.execute(
-                sa.update(table).where(table.id == row.id).values(_row_values(record) | {"synced_at": now})
-            )
+            session.execute(sa.update(table).where(table.id == row.id).values(_row_values(record) | {"synced_at": now}))
             _replace_children(session, entity, row.id, record)
             counts.written += 1
             counts.written_ids.append(record.external_id)
         if inserts:
-            session.execute(
-                sa.insert(table), [_row_values(r) | {"synced_at": now} for r in inserts]
-            )
+            session.execute(sa.insert(table), [_row_values(r) | {"synced_at": now} for r in inserts])
             new_ids = {
                 external_id: row_id
                 for external_id, row_id in session.execute(
@@ -240,8 +236,7 @@ def _children(entity: Entity, parent_id: int, record: Record) -> tuple[Any, list
     match record:
         case CustomerRecord():
             return CustomerContact, [
-                {"customer_id": parent_id, "email": c.email, "name": c.name, "role": c.role}
-                for c in record.contacts
+                {"customer_id": parent_id, "email": c.email, "name": c.name, "role": c.role} for c in record.contacts
             ]
         case InvoiceRecord() | CreditNoteRecord():
             return DocumentLineRow, [_line(entity, parent_id, line) for line in record.lines]
@@ -284,14 +279,14 @@ def _insert_children(session: Session, entity: Entity, parents: Iterable[tuple[i
 def _replace_children(session: Session, entity: Entity, parent_id: int, record: Record) -> None:
     table, rows = _children(entity, parent_id, record)
     if table is CustomerContact:
-        session.execute(sa.delete(CustomerContact).where(CustomerContact.customer_id == parent_id))
+        session.execute(sa.delete(CustomerContact).where(col(CustomerContact.customer_id) == parent_id))
     elif table is PaymentApplication:
-        session.execute(sa.delete(PaymentApplication).where(PaymentApplication.payment_id == parent_id))
+        session.execute(sa.delete(PaymentApplication).where(col(PaymentApplication.payment_id) == parent_id))
     else:
         session.execute(
             sa.delete(DocumentLineRow).where(
-                DocumentLineRow.document_type == entity.value,
-                DocumentLineRow.document_id == parent_id,
+                col(DocumentLineRow.document_type) == entity.value,
+                col(DocumentLineRow.document_id) == parent_id,
             )
         )
     if rows:
@@ -304,17 +299,17 @@ def quarantine(session: Session, item: Quarantined, now: datetime) -> None:
     existing = None
     if item.external_id is not None:
         existing = session.execute(
-            sa.select(QuarantinedRecord.id).where(
-                QuarantinedRecord.connection_id == item.connection,
-                QuarantinedRecord.entity == item.entity.value,
-                QuarantinedRecord.external_id == item.external_id,
-                QuarantinedRecord.resolved_at.is_(None),  # type: ignore[union-attr]
+            sa.select(col(QuarantinedRecord.id)).where(
+                col(QuarantinedRecord.connection_id) == item.connection,
+                col(QuarantinedRecord.entity) == item.entity.value,
+                col(QuarantinedRecord.external_id) == item.external_id,
+                col(QuarantinedRecord.resolved_at).is_(None),
             )
         ).scalar_one_or_none()
     if existing is not None:
         session.execute(
             sa.update(QuarantinedRecord)
-            .where(QuarantinedRecord.id == existing)  # type: ignore[arg-type]
+            .where(col(QuarantinedRecord.id) == existing)
             .values(reason=item.reason, payload=payload, last_seen=now)
         )
         return
@@ -340,10 +335,10 @@ def resolve_quarantine(
     session.execute(
         sa.update(QuarantinedRecord)
         .where(
-            QuarantinedRecord.connection_id == connection,  # type: ignore[arg-type]
-            QuarantinedRecord.entity == entity.value,  # type: ignore[arg-type]
-            QuarantinedRecord.external_id.in_(external_ids),  # type: ignore[union-attr]
-            QuarantinedRecord.resolved_at.is_(None),  # type: ignore[union-attr]
+            col(QuarantinedRecord.connection_id) == connection,
+            col(QuarantinedRecord.entity) == entity.value,
+            col(QuarantinedRecord.external_id).in_(external_ids),
+            col(QuarantinedRecord.resolved_at).is_(None),
         )
         .values(resolved_at=now)
     )
@@ -359,9 +354,7 @@ def live_external_ids(session: Session, connection: str, entity: Entity) -> set[
     return set(session.execute(query).scalars())
 
 
-def mark_deleted(
-    session: Session, connection: str, entity: Entity, external_ids: Iterable[str], now: datetime
-) -> int:
+def mark_deleted(session: Session, connection: str, entity: Entity, external_ids: Iterable[str], now: datetime) -> int:
     ids = list(external_ids)
     table = TABLES[entity]
     total = 0

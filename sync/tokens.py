@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
 
 from connectors.base import OAuthTokens
 from sync.models import Connection
@@ -60,22 +61,18 @@ class DatabaseTokenStore:
         with self._sessions.begin() as session:
             self._write(self._row(session), tokens)
 
-    def refresh_locked(
-        self, stale: OAuthTokens | None, refresh: Callable[[OAuthTokens], OAuthTokens]
-    ) -> OAuthTokens:
+    def refresh_locked(self, stale: OAuthTokens | None, refresh: Callable[[OAuthTokens], OAuthTokens]) -> OAuthTokens:
         with self._sessions.begin() as session:
             session.execute(
                 sa.update(Connection)
-                .where(Connection.id == self._connection_id)  # type: ignore[arg-type]
-                .values(token_generation=Connection.token_generation + 1)
+                .where(col(Connection.id) == self._connection_id)
+                .values(token_generation=col(Connection.token_generation) + 1)
             )
             row = self._row(session)
             session.refresh(row)
             current = self._tokens(row)
             if current is None:
-                raise LookupError(
-                    f"connection {self._connection_id!r} has no tokens: run `arsync connect`"
-                )
+                raise LookupError(f"connection {self._connection_id!r} has no tokens: run `arsync connect`")
             if stale is None or current.access_token != stale.access_token:
                 return current
             fresh = refresh(current)

@@ -40,6 +40,7 @@ from connectors.http import HttpTransport, RateBudget
 from connectors.quickbooks.faults import make_classifier
 from connectors.quickbooks.mapping import (
     ENTITY_NAMES,
+    MappingError,
     format_qbo_datetime,
     map_cdc_response,
     map_query_response,
@@ -138,8 +139,7 @@ class QuickBooksAuth:
             realm_id = query.get("realmId", [realm_id])[0]
         if not realm_id:
             raise FatalError(
-                "no realm id: paste the whole redirect URL (it carries realmId) "
-                "or set realm_id in the config",
+                "no realm id: paste the whole redirect URL (it carries realmId) or set realm_id in the config",
                 actor=Actor.CONFIG,
             )
         client = self._auth_client()
@@ -169,7 +169,7 @@ class QuickBooksAuth:
 class QuickBooksSource:
     """A ``RecordSource`` over one QuickBooks Online company (realm)."""
 
-    entities = (Entity.CUSTOMER, Entity.INVOICE, Entity.PAYMENT, Entity.CREDIT_NOTE)
+    entities: tuple[Entity, ...] = (Entity.CUSTOMER, Entity.INVOICE, Entity.PAYMENT, Entity.CREDIT_NOTE)
     change_horizon_days = CDC_HORIZON_DAYS
 
     def __init__(
@@ -211,9 +211,7 @@ class QuickBooksSource:
     def _load(self) -> OAuthTokens:
         tokens = self.tokens.load()
         if tokens is None:
-            raise ReauthRequiredError(
-                f"{self.connection}: not connected yet: run `arsync connect {self.connection}`"
-            )
+            raise ReauthRequiredError(f"{self.connection}: not connected yet: run `arsync connect {self.connection}`")
         return tokens
 
     def _refresh_from(self, stale: OAuthTokens) -> OAuthTokens:
@@ -244,9 +242,7 @@ class QuickBooksSource:
             realm = self.settings.realm_id or self._load().account_id
             if not realm:
                 raise ReauthRequiredError(f"{self.connection}: no realm id: run `arsync connect {self.connection}`")
-            sdk = QuickBooks(
-                company_id=realm, minorversion=self.settings.minor_version, use_decimal=True
-            )
+            sdk = QuickBooks(company_id=realm, minorversion=self.settings.minor_version, use_decimal=True)
             sdk.session = self.transport
             sdk.sandbox = False
             sdk.api_url_v3 = self.settings.api_base.rstrip("/")
@@ -277,7 +273,10 @@ class QuickBooksSource:
             body = self._query(
                 f"SELECT * FROM {name}{where} ORDERBY Id STARTPOSITION {position} MAXRESULTS {PAGE_SIZE}"
             )
-            records, bad, raw = map_query_response(self.connection, entity, body, self.settings.home_currency)
+            try:
+                records, bad, raw = map_query_response(self.connection, entity, body, self.settings.home_currency)
+            except MappingError as exc:
+                raise FatalError(f"{self.connection}: unreadable {name} query response: {exc}") from exc
             position += raw
             done = raw < PAGE_SIZE
             yield Page(entity, records, bad, resume=None if done else str(position))
@@ -287,7 +286,10 @@ class QuickBooksSource:
     def changes(self, entities: Sequence[Entity], since: datetime) -> list[Page]:
         names = ",".join(ENTITY_NAMES[e] for e in entities)
         body: dict[str, Any] = self._client().change_data_capture(names, format_qbo_datetime(since))
-        mapped = map_cdc_response(self.connection, body, entities, self.settings.home_currency)
+        try:
+            mapped = map_cdc_response(self.connection, body, entities, self.settings.home_currency)
+        except MappingError as exc:
+            raise FatalError(f"{self.connection}: unreadable change feed response: {exc}") from exc
         pages = []
         for entity in entities:
             records, bad, raw = mapped[entity]

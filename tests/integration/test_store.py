@@ -22,7 +22,8 @@ from connectors.base import (
     Tombstone,
 )
 from sync.db import DatabaseNotMigratedError, make_engine, require_migrated, upgrade
-from sync.models import Connection, CustomerContact, DocumentLine as LineRow, Invoice, QuarantinedRecord, Tenant
+from sync.models import Connection, CustomerContact, Invoice, QuarantinedRecord, Tenant
+from sync.models import DocumentLine as LineRow
 from sync.store import apply_page, mark_deleted, resolve_quarantine
 from sync.tokens import DatabaseTokenStore
 
@@ -41,13 +42,29 @@ def sessions(db_url: str) -> sessionmaker[Session]:
     return factory
 
 
-def invoice(external_id: str, *, version: str = "0", total: str = "100.10", balance: str = "100.10",
-            at: datetime = T0, status: InvoiceStatus = InvoiceStatus.OPEN) -> InvoiceRecord:
+def invoice(
+    external_id: str,
+    *,
+    version: str = "0",
+    total: str = "100.10",
+    balance: str = "100.10",
+    at: datetime = T0,
+    status: InvoiceStatus = InvoiceStatus.OPEN,
+) -> InvoiceRecord:
     return InvoiceRecord(
-        connection="c1", external_id=external_id, updated_at=at, version=version,
-        customer_external_id="7", number=f"INV-{external_id}", issue_date=date(2026, 10, 1),
-        due_date=date(2026, 10, 31), terms="Net 30", currency="USD", total=Decimal(total),
-        balance=Decimal(balance), status=status,
+        connection="c1",
+        external_id=external_id,
+        updated_at=at,
+        version=version,
+        customer_external_id="7",
+        number=f"INV-{external_id}",
+        issue_date=date(2026, 10, 1),
+        due_date=date(2026, 10, 31),
+        terms="Net 30",
+        currency="USD",
+        total=Decimal(total),
+        balance=Decimal(balance),
+        status=status,
         lines=(DocumentLine(1, Decimal(total), "Repair", Decimal("1"), Decimal(total), "4"),),
     )
 
@@ -67,8 +84,13 @@ def test_insert_then_unchanged_then_update(sessions: sessionmaker[Session]) -> N
     assert (counts.written, counts.unchanged) == (0, 2)
     later = T0 + timedelta(hours=1)
     with sessions.begin() as s:
-        counts = apply_page(s, Entity.INVOICE, [invoice("1", version="1", balance="40.05", at=later,
-                                                           status=InvoiceStatus.PARTIALLY_PAID)], [], T0)
+        counts = apply_page(
+            s,
+            Entity.INVOICE,
+            [invoice("1", version="1", balance="40.05", at=later, status=InvoiceStatus.PARTIALLY_PAID)],
+            [],
+            T0,
+        )
     assert counts.written == 1
     with sessions() as s:
         row = s.execute(sa.select(Invoice).where(Invoice.external_id == "1")).scalar_one()
@@ -83,8 +105,9 @@ def test_insert_then_unchanged_then_update(sessions: sessionmaker[Session]) -> N
 def test_an_older_copy_never_overwrites_a_newer_row(sessions: sessionmaker[Session]) -> None:
     newer = T0 + timedelta(hours=2)
     with sessions.begin() as s:
-        apply_page(s, Entity.INVOICE, [invoice("1", version="3", balance="0.00", at=newer,
-                                               status=InvoiceStatus.PAID)], [], T0)
+        apply_page(
+            s, Entity.INVOICE, [invoice("1", version="3", balance="0.00", at=newer, status=InvoiceStatus.PAID)], [], T0
+        )
     with sessions.begin() as s:
         counts = apply_page(s, Entity.INVOICE, [invoice("1", version="2", at=T0)], [], T0)
     assert counts.unchanged == 1
@@ -123,8 +146,7 @@ def test_tombstone_marks_deleted_once(sessions: sessionmaker[Session]) -> None:
 
 def test_customer_contacts_are_replaced_on_update(sessions: sessionmaker[Session]) -> None:
     def customer(version: str, emails: tuple[str, ...], at: datetime) -> CustomerRecord:
-        return CustomerRecord("c1", "7", at, version, "Acme Plumbing", "USD", True,
-                              tuple(Contact(e) for e in emails))
+        return CustomerRecord("c1", "7", at, version, "Acme Plumbing", "USD", True, tuple(Contact(e) for e in emails))
 
     with sessions.begin() as s:
         apply_page(s, Entity.CUSTOMER, [customer("0", ("a@x.test", "b@x.test"), T0)], [], T0)
