@@ -1,0 +1,978 @@
+"""Configuration: one TOML file, validated at start-up into one frozen, typed object.
+
+``load_config`` reads the file with :mod:`tomllib`, checks every section, resolves
+secrets (environment variables or a separate credentials file) and returns a
+:class:`Config`. When anything is wrong it raises :class:`ConfigError` carrying
+*every* problem found, each naming the file and the dotted key, so that a user
+fixes the whole file in one pass instead of one error per restart.
+
+Validation happens in two layers. The ``_Raw*`` pydantic models describe the
+file exactly as written (strict types, unknown keys refused); the public frozen
+dataclasses are what the rest of the program receives. Secret values travel only
+inside :class:`Secret`, whose ``repr``/``str`` are masked, and no error message
+ever quotes a value read from a secret-bearing key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hmac
+import os
+import re
+import tomllib
+import types
+import typing
+import zoneinfo
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, NamedTuple, NoReturn, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = [
+    "ENTITIES",
+    "KNOWN_KINDS",
+    "Config",
+    "ConfigError",
+    "ConfigProblem",
+    "DaemonConfig",
+    "DatabaseConfig",
+    "QuickBooksConnectionConfig",
+    "RateLimitConfig",
+    "Secret",
+    "TenantConfig",
+    "UnknownConnectionError",
+    "default_config",
+    "load_config",
+]
+
+Entity = Literal["customer", "invoice", "payment", "credit_note"]
+ENTITIES: Final[tuple[Entity, ...]] = typing.get_args(Entity)
+KNOWN_KINDS: Final[tuple[str, ...]] = ("quickbooks",)
+
+DEFAULT_DATABASE_URL: Final = "sqlite:///arsync.db"
+QUICKBOOKS_API_BASE: Final = {
+    "production": "https://quickbooks.api.intuit.com/v3",
+    "sandbox": "https://sandbox-quickbooks.api.intuit.com/v3",
+}
+QUICKBOOKS_TOKEN_URL: Final = "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer"
+
+_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# Upper case only: an Intuit client id or secret is mixed case, so a secret pasted
+# into a ``*_env`` key by mistake is refused here and never echoed back as a "name".
+_ENV_NAME_RE: Final = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_CURRENCY_RE: Final = re.compile(r"^[A-Z]{3}$")
+_MASK: Final = "********"
+
+
+# --------------------------------------------------------------------------- problems
+
+
+class ConfigProblem(NamedTuple):
+    """One thing wrong with the configuration.
+
+    ``key`` is a dotted path such as ``tenants.acme.connections.acme-qbo.realm_id``
+    (list items as ``entities[2]``); it is empty when the problem concerns the
+    whole file (for example, the file does not exist).
+    """
+
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        if self.key:
+            return f"{self.file}: {self.key}: {self.message}"
+        return f"{self.file}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` lists everything found."""
+
+    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+        self.problems: list[ConfigProblem] = list(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.problems)
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[ConfigProblem]]]:
+        return (ConfigError, (self.problems,))
+
+
+class UnknownConnectionError(KeyError):
+    """``Config.connection`` was asked for a name that is not configured."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+class Secret:
+    """A secret value that prints as ``********``; call :meth:`reveal` to use it."""
+
+    __slots__ = ("_value",)
+    _value: str
+
+    def __init__(self, value: str) -> None:
+        object.__setattr__(self, "_value", value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return _MASK
+
+    def __str__(self) -> str:
+        return _MASK
+
+    def __format__(self, format_spec: str) -> str:
+        return _MASK
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError("Secret is immutable")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError("Secret is immutable")
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        return (Secret, (self._value,))
+
+
+# --------------------------------------------------------------------------- typed result
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitConfig:
+    """Per-connection request budget; the defaults are QuickBooks Online's limits."""
+
+    per_second: int = 10
+    per_minute: int = 500
+    concurrent: int = 10
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuickBooksConnectionConfig:
+    name: str
+    tenant: str
+    client_id: Secret
+    client_secret: Secret
+    redirect_uri: str
+    kind: Literal["quickbooks"] = "quickbooks"
+    realm_id: str | None = None
+    environment: Literal["production", "sandbox"] = "production"
+    base_url: str | None = None
+    token_url: str | None = None
+    discovery_url: str | None = None
+    sync_interval_minutes: int = 15
+    entities: tuple[str, ...] = ENTITIES
+    overlap_seconds: int = 300
+    delete_guard_ratio: float = 0.5
+    minor_version: int = 75
+    timeout_seconds: float = 60.0
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+
+    @property
+    def api_base(self) -> str:
+        """API root including ``/v3`` (the override, else Intuit's for the environment)."""
+        return self.base_url or QUICKBOOKS_API_BASE[self.environment]
+
+    @property
+    def discovery(self) -> str:
+        """What intuit-oauth's ``AuthClient`` takes as ``environment``.
+
+        Either the discovery document URL override, or ``"production"`` /
+        ``"sandbox"``, which the library maps to Intuit's own documents.
+        """
+        return self.discovery_url or self.environment
+
+    @property
+    def token_endpoint(self) -> str:
+        """OAuth token endpoint (the override, else Intuit's)."""
+        return self.token_url or QUICKBOOKS_TOKEN_URL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TenantConfig:
+    name: str
+    display_name: str
+    timezone: str
+    home_currency: str
+    connections: tuple[QuickBooksConnectionConfig, ...] = ()
+
+    @property
+    def tzinfo(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class DatabaseConfig:
+    """SQLAlchemy URL; relative SQLite paths are already made absolute."""
+
+    url: str
+
+    @property
+    def redacted_url(self) -> str:
+        """The URL with any password replaced by ``***`` (safe for logs)."""
+        return _redact_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"DatabaseConfig(url={self.redacted_url!r})"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DaemonConfig:
+    log_format: Literal["json", "text"] = "json"
+    shutdown_grace_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    path: Path | None
+    database: DatabaseConfig
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    tenants: tuple[TenantConfig, ...] = ()
+
+    def connections(self) -> tuple[QuickBooksConnectionConfig, ...]:
+        """Every connection of every tenant, in file order."""
+        return tuple(conn for tenant in self.tenants for conn in tenant.connections)
+
+    def connection(self, name: str) -> QuickBooksConnectionConfig:
+        for conn in self.connections():
+            if conn.name == name:
+                return conn
+        known = [conn.name for conn in self.connections()]
+        where = f" in {self.path}" if self.path else ""
+        if not known:
+            raise UnknownConnectionError(f"no connection named {name!r}: none is configured{where}")
+        hint = _did_you_mean(name, known)
+        raise UnknownConnectionError(
+            f"no connection named {name!r}{where}{hint}; known connections: {', '.join(known)}"
+        )
+
+    def tenant(self, name: str) -> TenantConfig:
+        for tenant in self.tenants:
+            if tenant.name == name:
+                return tenant
+        known = [tenant.name for tenant in self.tenants]
+        hint = _did_you_mean(name, known)
+        listing = ", ".join(known) if known else "(none)"
+        raise KeyError(f"no tenant named {name!r}{hint}; known tenants: {listing}")
+
+
+# --------------------------------------------------------------------------- file shape
+
+
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME_RE.fullmatch(value):
+        raise ValueError(
+            "must be the NAME of an environment variable (upper-case letters, digits and"
+            " underscores, e.g. ARSYNC_ACME_QBO_CLIENT_SECRET), not the value itself"
+        )
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+        shown = "" if "@" in value else f" (got {value!r})"
+        raise ValueError(f"must be an http:// or https:// URL with a host{shown}")
+    if parts.password is not None:
+        raise ValueError("must not contain a password; put secrets in environment variables")
+    return value
+
+
+def _check_not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+_EnvName = Annotated[str, AfterValidator(_check_env_name)]
+_HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+_NonBlank = Annotated[str, AfterValidator(_check_not_blank)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class _RawFile(_Section):
+    """Top level; each section is validated by its own model below."""
+
+    database: object = None
+    daemon: object = None
+    credentials: object = None
+    tenants: object = None
+
+
+class _RawDatabase(_Section):
+    url: str | None = None
+    url_env: _EnvName | None = None
+
+
+class _RawDaemon(_Section):
+    log_format: Literal["json", "text"] = "json"
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+
+
+class _RawCredentials(_Section):
+    file: _NonBlank | None = None
+
+
+class _RawTenant(_Section):
+    display_name: _NonBlank | None = None
+    timezone: str
+    home_currency: str
+    connections: dict[str, object] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            hint = _did_you_mean(value, _time_zones())
+            raise ValueError(f"unknown time zone {value!r}{hint}; use an IANA name such as 'America/Chicago'") from None
+        return value
+
+    @field_validator("home_currency")
+    @classmethod
+    def _currency(cls, value: str) -> str:
+        if not _CURRENCY_RE.fullmatch(value):
+            upper = value.upper()
+            hint = f" (did you mean {upper!r}?)" if _CURRENCY_RE.fullmatch(upper) else ""
+            raise ValueError(f"must be a 3-letter upper-case ISO 4217 code such as 'USD'; got {value!r}{hint}")
+        return value
+
+
+class _RawRateLimit(_Section):
+    per_second: int = Field(default=10, ge=1)
+    per_minute: int = Field(default=500, ge=1)
+    concurrent: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _RawRateLimit:
+        if self.per_minute < self.per_second:
+            raise ValueError(
+                f"per_minute ({self.per_minute}) must be at least per_second ({self.per_second})"
+            )
+        return self
+
+
+class _RawQuickBooks(_Section):
+    kind: Literal["quickbooks"]
+    realm_id: str | None = None
+    environment: Literal["production", "sandbox"] = "production"
+    client_id: _NonBlank | None = None
+    client_id_env: _EnvName | None = None
+    # Refused when present (see _Loader._connection); typed ``object`` so that its
+    # value is never validated and so can never appear in an error message.
+    client_secret: object = None
+    client_secret_env: _EnvName | None = None
+    redirect_uri: _HttpUrl
+    base_url: _HttpUrl | None = None
+    token_url: _HttpUrl | None = None
+    discovery_url: _HttpUrl | None = None
+    sync_interval_minutes: int = Field(default=15, ge=1)
+    entities: list[Entity] = Field(default_factory=lambda: list(ENTITIES), min_length=1)
+    overlap_seconds: int = Field(default=300, ge=0)
+    delete_guard_ratio: float = Field(default=0.5, ge=0, le=1)
+    minor_version: int = Field(default=75, ge=1)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    rate_limit: _RawRateLimit = Field(default_factory=_RawRateLimit)
+
+    @field_validator("realm_id")
+    @classmethod
+    def _realm(cls, value: str | None) -> str | None:
+        if value is not None and not value.isdigit():
+            raise ValueError(f"must be the QuickBooks company ID, digits only (got {value!r})")
+        return value
+
+    @field_validator("entities")
+    @classmethod
+    def _unique(cls, value: list[Entity]) -> list[Entity]:
+        twice = sorted({e for e in value if value.count(e) > 1})
+        if twice:
+            raise ValueError(f"lists {', '.join(twice)} more than once")
+        return value
+
+
+_KIND_MODELS: Final[dict[str, type[BaseModel]]] = {"quickbooks": _RawQuickBooks}
+
+
+class _RawCredentialEntry(_Section):
+    client_id: _NonBlank | None = None
+    client_secret: _NonBlank | None = None
+
+
+class _RawCredentialsFile(_Section):
+    connections: dict[str, _RawCredentialEntry] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- messages
+
+_M = TypeVar("_M", bound=BaseModel)
+_Loc = tuple[str | int, ...]
+
+_EXPECTED: Final = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "list_type": "an array",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+}
+
+
+def _describe(value: object) -> str:
+    """The TOML type of a value, never the value itself."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, datetime):
+        return "a date-time"
+    if isinstance(value, date):
+        return "a date"
+    if isinstance(value, time):
+        return "a time"
+    return type(value).__name__
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@functools.cache
+def _time_zones() -> tuple[str, ...]:
+    return tuple(sorted(zoneinfo.available_timezones()))
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        text = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else f'"{part}"'
+        out = f"{out}.{text}" if out else text
+    return out
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model class that validates the table at ``loc`` inside ``model``."""
+    current: Any = model
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        info = current.model_fields.get(str(part))
+        if info is None:
+            return None
+        current = info.annotation
+        while True:
+            origin = typing.get_origin(current)
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            if origin in (typing.Union, types.UnionType) and len(args) == 1:
+                current = args[0]
+            elif origin in (dict, list) and parts and args:
+                parts.pop(0)
+                current = args[-1]
+            else:
+                break
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return current
+    return None
+
+
+def _unknown_key(model: type[BaseModel], loc: Sequence[str | int]) -> str:
+    key = str(loc[-1])
+    parent = _model_at(model, loc[:-1])
+    known = list(parent.model_fields) if parent else []
+    hint = _did_you_mean(key, known)
+    if hint:
+        return f"unknown key {key!r}{hint}"
+    if known:
+        return f"unknown key {key!r}; known keys: {', '.join(known)}"
+    return f"unknown key {key!r}"
+
+
+def _message(error: Mapping[str, Any], model: type[BaseModel]) -> str:
+    kind: str = error["type"]
+    ctx: Mapping[str, Any] = error.get("ctx") or {}
+    value = error.get("input")
+    loc: Sequence[str | int] = error["loc"]
+    if kind == "missing":
+        return "missing required key"
+    if kind == "extra_forbidden":
+        return _unknown_key(model, loc)
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    if kind in _EXPECTED:
+        text = f"must be {_EXPECTED[kind]}, not {_describe(value)}"
+        if kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
+            text += " (put the value in double quotes)"
+        return text
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected', '?')} (got {value!r})"
+    if kind == "too_short" and ctx.get("min_length") == 1:
+        return "must not be empty"
+    msg: str = error.get("msg", kind)
+    msg = msg.replace("Input should be", "must be")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        msg += f" (got {value!r})"
+    return msg
+
+
+_AT_RE: Final = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_AT_END_RE: Final = re.compile(r"\s*\(at end of document\)\s*$")
+_HEADER_RE: Final = re.compile(r"^\s*\[\[?\s*([^\[\]#]*?)\s*\]?\]?\s*(?:#.*)?$")
+_ASSIGN_RE: Final = re.compile(r"^\s*([A-Za-z0-9_\-.\"' ]+?)\s*=")
+
+
+def _split_key(text: str) -> list[str]:
+    return [piece.strip("\"'") for piece in re.findall(r"\"[^\"]*\"|'[^']*'|[^.\s]+", text)]
+
+
+def _key_at_line(lines: Sequence[str], line: int) -> str:
+    """Best guess of the dotted key written on ``line`` (1-based)."""
+    table: list[str] = []
+    for text in lines[: max(line - 1, 0)]:
+        if text.lstrip().startswith("["):
+            match = _HEADER_RE.match(text)
+            if match:
+                table = _split_key(match.group(1))
+    current = lines[line - 1] if 0 < line <= len(lines) else ""
+    if current.lstrip().startswith("["):
+        match = _HEADER_RE.match(current)
+        return _dotted(_split_key(match.group(1))) if match else _dotted(table)
+    assign = _ASSIGN_RE.match(current)
+    if assign:
+        return _dotted([*table, *_split_key(assign.group(1))])
+    return _dotted(table)
+
+
+def _syntax_problem(file: str, text: str, exc: tomllib.TOMLDecodeError) -> ConfigProblem:
+    raw = str(exc)
+    lines = text.splitlines()
+    at = _AT_RE.search(raw)
+    if at:
+        line = int(at.group(1))
+        reason = raw[: at.start()]
+        column = int(at.group(2))
+        where = f"line {line}, column {column}"
+        text_line = lines[line - 1] if 0 < line <= len(lines) else ""
+        bare_word = 0 < column <= len(text_line) and text_line[column - 1].isalpha()
+    else:
+        end = _AT_END_RE.search(raw)
+        reason = raw[: end.start()] if end else raw
+        line = len(lines)
+        while line > 1 and not lines[line - 1].strip():
+            line -= 1
+        where = f"the end of the file (line {line})"
+        bare_word = False
+    reason = reason[:1].lower() + reason[1:]
+    if bare_word and reason.startswith("invalid value"):
+        reason += ' (text must be in double quotes, e.g. name = "value")'
+    return ConfigProblem(file, _key_at_line(lines, line), f"TOML syntax error at {where}: {reason}")
+
+
+# --------------------------------------------------------------------------- database URL
+
+_DB_DRIVERS: Final = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
+
+
+def _redact_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparseable database URL>"
+
+
+def _database_url(raw: str, base: Path) -> str:
+    """Normalize a database URL; raise ValueError with a message safe to print."""
+    try:
+        url: URL = make_url(raw)
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            "is not a database URL; expected e.g. sqlite:///arsync.db or postgresql+psycopg://user@host:5432/dbname"
+        ) from None
+    if url.drivername not in _DB_DRIVERS:
+        raise ValueError(
+            f"unsupported database {url.drivername!r}; use sqlite:///path/to/file.db or"
+            " postgresql+psycopg://user@host:5432/dbname"
+        )
+    if url.drivername == "postgresql":  # psycopg 3 is the installed driver, not psycopg2
+        url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() == "sqlite":
+        name = url.database
+        if name and name != ":memory:" and not name.startswith("file:"):
+            path = Path(name).expanduser()
+            if not path.is_absolute():
+                path = base / path
+            url = url.set(database=str(path))
+    elif not url.database or not url.host:
+        raise ValueError("must name a host and a database, e.g. postgresql+psycopg://arsync@db.internal:5432/arsync")
+    return url.render_as_string(hide_password=False)
+
+
+# --------------------------------------------------------------------------- loader
+
+
+class _Loader:
+    def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
+        self.path = path.expanduser().absolute()
+        self.file = str(self.path)
+        self.folder = self.path.parent
+        self.environ = environ
+        self.problems: list[ConfigProblem] = []
+        # credentials file state: None = not configured
+        self.credentials_file: str | None = None
+        # None until a readable file is parsed; an entry is None when it is invalid
+        self.credentials: dict[str, _RawCredentialEntry | None] | None = None
+
+    def problem(self, key: Sequence[str | int], message: str, file: str | None = None) -> None:
+        self.problems.append(ConfigProblem(file or self.file, _dotted(key), message))
+
+    def validate(self, model: type[_M], data: object, prefix: _Loc, file: str | None = None) -> _M | None:
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+        for error in errors:
+            self.problem((*prefix, *error["loc"]), _message(error, model), file)
+        return None
+
+    def read_toml(self, path: Path, file: str, missing_key: _Loc) -> dict[str, Any] | None:
+        """Parse ``path``; a file that cannot be read is reported at ``missing_key``
+        of the config file (or at the file itself when ``missing_key`` is empty)."""
+        where = self.file if missing_key else file
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            self.problem(missing_key, f"file not found: {path}", where)
+            return None
+        except IsADirectoryError:
+            self.problem(missing_key, f"is a directory, not a file: {path}", where)
+            return None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            self.problem(missing_key, f"cannot read {path}: {reason}", where)
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.problem((), f"not UTF-8 text (bad byte at offset {exc.start})", file)
+            return None
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            self.problems.append(_syntax_problem(file, text, exc))
+            return None
+
+    def load(self) -> Config:
+        doc = self.read_toml(self.path, self.file, ())
+        if doc is None:
+            raise ConfigError(self.problems)
+        self.validate(_RawFile, doc, ())
+        database = self.database(doc.get("database", {}))
+        daemon = self.validate(_RawDaemon, doc.get("daemon", {}), ("daemon",))
+        self.load_credentials(doc.get("credentials", {}))
+        tenants = self.tenants(doc.get("tenants", {}))
+        if self.problems or database is None or daemon is None:
+            raise ConfigError(self.problems)
+        return Config(
+            path=self.path,
+            database=database,
+            daemon=DaemonConfig(
+                log_format=daemon.log_format,
+                shutdown_grace_seconds=daemon.shutdown_grace_seconds,
+            ),
+            tenants=tenants,
+        )
+
+    def database(self, data: object) -> DatabaseConfig | None:
+        raw = self.validate(_RawDatabase, data, ("database",))
+        if raw is None:
+            return None
+        key: _Loc = ("database", "url")
+        url = raw.url
+        if raw.url_env is not None:
+            from_env = self.environ.get(raw.url_env, "").strip()
+            if from_env:
+                key, url = ("database", "url_env"), from_env
+            elif url is None:
+                self.problem(("database", "url_env"), f"environment variable {raw.url_env} is not set")
+                return None
+        try:
+            resolved = _database_url(url or DEFAULT_DATABASE_URL, self.folder)
+        except ValueError as exc:
+            origin = f"environment variable {raw.url_env}: " if key[-1] == "url_env" else ""
+            self.problem(key, f"{origin}{exc}")
+            return None
+        return DatabaseConfig(url=resolved)
+
+    def load_credentials(self, data: object) -> None:
+        raw = self.validate(_RawCredentials, data, ("credentials",))
+        if raw is None or raw.file is None:
+            return
+        path = Path(raw.file).expanduser()
+        if not path.is_absolute():
+            path = self.folder / path
+        self.credentials_file = str(path)
+        doc = self.read_toml(path, str(path), ("credentials", "file"))
+        if doc is None:
+            return
+        self.credentials = {}
+        entries = doc.get("connections", {})
+        top = {key: value for key, value in doc.items() if key != "connections"}
+        self.validate(_RawCredentialsFile, top, (), file=str(path))
+        if not isinstance(entries, dict):
+            self.problem(("connections",), f"must be a table, not {_describe(entries)}", str(path))
+            return
+        for name, body in entries.items():
+            entry = self.validate(_RawCredentialEntry, body, ("connections", name), str(path))
+            # a broken entry is reported once, here; its connection then stays quiet
+            self.credentials[name] = entry
+
+    def tenants(self, data: object) -> tuple[TenantConfig, ...]:
+        if not isinstance(data, dict):
+            self.problem(("tenants",), f"must be a table of tenants, not {_describe(data)}")
+            return ()
+        owners: dict[str, str] = {}
+        out: list[TenantConfig] = []
+        for name, body in data.items():
+            tenant = self.tenant(name, body, owners)
+            if tenant is not None:
+                out.append(tenant)
+        self.unused_credentials(owners)
+        return tuple(out)
+
+    def tenant(self, name: str, body: object, owners: dict[str, str]) -> TenantConfig | None:
+        prefix: _Loc = ("tenants", name)
+        ok = True
+        if not _NAME_RE.fullmatch(name):
+            ok = False
+            self.problem(
+                prefix,
+                "tenant names may use only lower-case letters, digits, '-' and '_', starting with a letter or digit",
+            )
+        raw = self.validate(_RawTenant, body, prefix)
+        connections: list[QuickBooksConnectionConfig] = []
+        conns = body.get("connections", {}) if isinstance(body, dict) else {}
+        if isinstance(conns, dict):
+            for conn_name, conn_body in conns.items():
+                conn = self.connection(name, conn_name, conn_body, owners)
+                ok = ok and conn is not None
+                if conn is not None:
+                    connections.append(conn)
+        if raw is None or not ok:
+            return None
+        return TenantConfig(
+            name=name,
+            display_name=raw.display_name or name,
+            timezone=raw.timezone,
+            home_currency=raw.home_currency,
+            connections=tuple(connections),
+        )
+
+    def connection(
+        self, tenant: str, name: str, body: object, owners: dict[str, str]
+    ) -> QuickBooksConnectionConfig | None:
+        prefix: _Loc = ("tenants", tenant, "connections", name)
+        ok = True
+        if not _NAME_RE.fullmatch(name):
+            ok = False
+            self.problem(
+                prefix,
+                "connection names may use only lower-case letters, digits, '-' and '_',"
+                " starting with a letter or digit",
+            )
+        if name in owners:
+            ok = False
+            self.problem(
+                prefix,
+                f"connection name {name!r} is already used by tenant {owners[name]!r}"
+                f" ({_dotted(('tenants', owners[name], 'connections', name))});"
+                " connection names must be unique across all tenants",
+            )
+        else:
+            owners[name] = tenant
+        if not isinstance(body, dict):
+            self.problem(prefix, f"must be a table, not {_describe(body)}")
+            return None
+        kinds = ", ".join(KNOWN_KINDS)
+        kind = body.get("kind")
+        if "kind" not in body:
+            self.problem((*prefix, "kind"), f"missing required key; known kinds: {kinds}")
+            return None
+        if not isinstance(kind, str) or kind not in _KIND_MODELS:
+            shown = repr(kind) if isinstance(kind, str) else _describe(kind)
+            hint = _did_you_mean(kind, KNOWN_KINDS) if isinstance(kind, str) else ""
+            self.problem((*prefix, "kind"), f"unknown connection kind {shown}{hint}; known kinds: {kinds}")
+            return None
+
+        if "client_secret" in body:
+            ok = False
+            self.problem(
+                (*prefix, "client_secret"),
+                "secrets may not be written in the config file; put secrets in an environment"
+                ' variable or the credentials file (client_secret_env = "VARIABLE_NAME" here,'
+                f" or client_secret under [connections.{name}] in the [credentials] file)",
+            )
+        client_id = self.secret(body, "client_id", prefix, name)
+        client_secret = self.secret(body, "client_secret", prefix, name)
+        raw = self.validate(_RawQuickBooks, body, prefix)
+        if raw is None or client_id is None or client_secret is None or not ok:
+            return None
+        return QuickBooksConnectionConfig(
+            name=name,
+            tenant=tenant,
+            kind=raw.kind,
+            realm_id=raw.realm_id,
+            environment=raw.environment,
+            client_id=client_id,
+            client_secret=client_secret,
+            redirect_uri=raw.redirect_uri,
+            base_url=raw.base_url.rstrip("/") if raw.base_url else None,
+            token_url=raw.token_url,
+            discovery_url=raw.discovery_url,
+            sync_interval_minutes=raw.sync_interval_minutes,
+            entities=tuple(raw.entities),
+            overlap_seconds=raw.overlap_seconds,
+            delete_guard_ratio=raw.delete_guard_ratio,
+            minor_version=raw.minor_version,
+            timeout_seconds=raw.timeout_seconds,
+            rate_limit=RateLimitConfig(
+                per_second=raw.rate_limit.per_second,
+                per_minute=raw.rate_limit.per_minute,
+                concurrent=raw.rate_limit.concurrent,
+            ),
+        )
+
+    def secret(
+        self,
+        body: Mapping[str, object],
+        which: Literal["client_id", "client_secret"],
+        prefix: _Loc,
+        name: str,
+    ) -> Secret | None:
+        """Resolve ``which`` from its env var, inline (client_id only) or the credentials file.
+
+        Malformed values are left to the model's validation, which reports them.
+        """
+        env_key = f"{which}_env"
+        env_name = body.get(env_key)
+        inline = body.get(which)
+        if env_name is not None:
+            if not (isinstance(env_name, str) and _ENV_NAME_RE.fullmatch(env_name)):
+                return None
+            if which == "client_id" and inline is not None:
+                self.problem((*prefix, env_key), f"give either {which} or {env_key}, not both")
+                return None
+            value = self.environ.get(env_name)
+            if value is None:
+                self.problem((*prefix, env_key), f"environment variable {env_name} is not set")
+                return None
+            if not value.strip():
+                self.problem((*prefix, env_key), f"environment variable {env_name} is empty")
+                return None
+            return Secret(value.strip())
+        if inline is not None:
+            # client_id inline is fine (validated by the model); client_secret was refused.
+            if which == "client_id" and isinstance(inline, str) and inline.strip():
+                return Secret(inline.strip())
+            return None
+        if self.credentials_file is None:
+            self.problem(
+                (*prefix, which),
+                f"no {which}: set {env_key} to the name of an environment variable that holds"
+                f" it, or name a credentials file ([credentials] file = ...) and put it under"
+                f" [connections.{name}] there",
+            )
+            return None
+        if self.credentials is None:  # the file itself is broken; already reported
+            return None
+        if name in self.credentials and self.credentials[name] is None:
+            return None  # the entry is invalid; already reported
+        entry = self.credentials.get(name)
+        value = getattr(entry, which) if entry is not None else None
+        if value is None:
+            self.problem(
+                ("connections", name, which),
+                f"missing: connection {name!r} has no {env_key} in {self.file},"
+                f" so its {which} must be given here under [connections.{name}]",
+                file=self.credentials_file,
+            )
+            return None
+        return Secret(value.strip())
+
+    def unused_credentials(self, owners: Mapping[str, str]) -> None:
+        if self.credentials is None or self.credentials_file is None:
+            return
+        for name in self.credentials:
+            if name not in owners:
+                hint = _did_you_mean(name, owners)
+                self.problem(
+                    ("connections", name),
+                    f"no connection named {name!r} in {self.file}{hint}",
+                    file=self.credentials_file,
+                )
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the config file at ``path``.
+
+    Raises :class:`ConfigError` listing every problem found. ``environ`` is where
+    ``*_env`` keys are looked up (default: :data:`os.environ`).
+    """
+    return _Loader(Path(path), os.environ if environ is None else environ).load()
+
+
+def default_config(database_url: str) -> Config:
+    """A config with no tenants, for commands that only need the database.
+
+    A relative SQLite path is resolved against the current directory.
+    """
+    try:
+        url = _database_url(database_url, Path.cwd())
+    except ValueError as exc:
+        raise ConfigError([ConfigProblem("<command line>", "database.url", str(exc))]) from None
+    return Config(path=None, database=DatabaseConfig(url=url))
