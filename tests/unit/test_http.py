@@ -6,6 +6,7 @@ import http.server
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 import pytest
 import requests
@@ -58,8 +59,8 @@ def test_budget_pause_holds_every_request(clock: FakeClock) -> None:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    script: list[tuple[int, dict[str, str]]] = []
-    seen_auth: list[str] = []
+    script: ClassVar[list[tuple[int, dict[str, str]]]] = []
+    seen_auth: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         self.seen_auth.append(self.headers.get("Authorization", ""))
