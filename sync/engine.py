@@ -230,6 +230,11 @@ class SyncEngine:
                     window_end=window.end,
                 )
                 session.add(progress)
+            elif (progress.window_start, progress.window_end) != (window.start, window.end):
+                # a different window than the unfinished one: positions do not carry over
+                progress.window_start, progress.window_end = window.start, window.end
+                progress.resume, progress.rows = None, 0
+                progress.started_at = started_at or self.clock()
             resume = progress.resume
             started = progress.started_at
             assert started is not None
