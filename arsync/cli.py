@@ -29,8 +29,8 @@ db_app = typer.Typer(no_args_is_help=True, help="Manage the ledger database.")
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path,

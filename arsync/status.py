@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from rich.console import Group
 from rich.table import Table
 from sqlalchemy.orm import Session
 from sqlmodel import col
@@ -91,36 +92,35 @@ def _when(value: datetime | None, now: datetime) -> str:
     return f"{value:%Y-%m-%d %H:%M} ({rel})"
 
 
-def render_status(session: Session, config: Config, now: datetime) -> Table:
-    table = Table(title="arsync connections", show_lines=True)
-    for column in ("connection", "state", "last run", "cursor", "records", "quarantined", "errors", "tokens"):
-        table.add_column(column, overflow="fold")
+def render_status(session: Session, config: Config, now: datetime) -> Group:
+    """One block per connection: field on the left, value on the right."""
+    blocks: list[Table] = []
     for conn in config.connections():
         s = connection_status(session, conn.name, conn.tenant)
         state = s.state if not s.reason else f"{s.state}: {s.reason}"
         if s.state == "needs_reauth":
-            state = f"[bold red]NEEDS RE-AUTHORISATION[/]\n{s.reason}\nrun `arsync connect {conn.name}`"
-        run = "-"
+            state = f"[bold red]NEEDS RE-AUTHORISATION[/]: {s.reason}\nrun `arsync connect {conn.name}`"
+        run = "never"
         if s.last_run is not None:
             r = s.last_run
             run = (
-                f"{r.kind} {r.status} {_when(r.finished_at or r.started_at, now)}\n"
+                f"{r.kind} {r.status} {_when(r.finished_at or r.started_at, now)}: "
                 f"{r.rows_written} written, {r.rows_unchanged} unchanged, "
-                f"{r.rows_deleted} deleted, {r.api_calls} calls"
+                f"{r.rows_deleted} deleted, {r.rows_quarantined} quarantined, {r.api_calls} API calls"
             )
         cursor = _when(s.cursor, now)
         if s.in_progress:
             cursor += "\nresumable: " + "; ".join(s.in_progress)
-        records = "\n".join(f"{k}: {v}" for k, v in s.counts.items())
-        tokens = f"access {_when(s.access_expires_at, now)}\nrefresh {_when(s.refresh_expires_at, now)}"
-        table.add_row(
-            f"{conn.name}\n({conn.tenant})",
-            state,
-            run,
-            cursor,
-            records,
-            str(s.quarantined),
-            s.last_error or "-",
-            tokens,
-        )
-    return table
+        block = Table(title=f"{conn.name} ({conn.tenant}, {conn.kind})", show_header=False, title_justify="left")
+        block.add_column("field", style="bold")
+        block.add_column("value", overflow="fold")
+        block.add_row("state", state)
+        block.add_row("last run", run)
+        block.add_row("cursor", cursor)
+        block.add_row("records", ", ".join(f"{k}: {v}" for k, v in s.counts.items()))
+        block.add_row("quarantined", str(s.quarantined))
+        block.add_row("last error", s.last_error or "-")
+        block.add_row("access token", _when(s.access_expires_at, now))
+        block.add_row("refresh token", _when(s.refresh_expires_at, now))
+        blocks.append(block)
+    return Group(*blocks)

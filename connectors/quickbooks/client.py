@@ -125,7 +125,7 @@ class QuickBooksAuth:
     def exchange(self, answer: str, expected_state: str | None) -> OAuthTokens:
         """Trade the pasted redirect URL (or the bare code) for tokens."""
         code, realm_id = answer.strip(), self.settings.realm_id
-        if "code=" in code:
+        if "://" in code or code.startswith("?"):
             query = parse_qs(urlparse(code).query)
             if "error" in query:
                 raise FatalError(f"authorization refused: {query['error'][0]}", actor=Actor.CONFIG)
@@ -135,6 +135,8 @@ class QuickBooksAuth:
                     "the redirect URL's state does not match this authorization: start again",
                     actor=Actor.CONFIG,
                 )
+            if "code" not in query:
+                raise FatalError("the redirect URL carries no authorization code", actor=Actor.CONFIG)
             code = query["code"][0]
             realm_id = query.get("realmId", [realm_id])[0]
         if not realm_id:

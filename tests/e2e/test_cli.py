@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 import requests
@@ -85,7 +86,9 @@ def test_connect_sync_status_backfill(tmp_path: Path, sandbox: QuickBooksSandbox
     redirect = requests.get(url, allow_redirects=False, timeout=10).headers["Location"]
     code, out = arsync("connect", "acme-qbo", "--config", config, "--answer", redirect)
     assert code == 2 and "state" in out  # a fresh state was issued for this attempt: the old redirect is refused
-    code, out = arsync("connect", "acme-qbo", "--config", config, "--answer", redirect.split("&state=")[0])
+    query = {k: v for k, v in parse_qs(urlparse(redirect).query).items() if k != "state"}
+    without_state = urlparse(redirect)._replace(query=urlencode(query, doseq=True)).geturl()
+    code, out = arsync("connect", "acme-qbo", "--config", config, "--answer", without_state)
     assert code == 0 and "connected to company" in out
 
     code, out = arsync("sync", "--config", config)
