@@ -9,11 +9,11 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pytest
 import requests
 import sqlalchemy as sa
-from connectors.quickbooks.seed import seed_company
 from typer.testing import CliRunner
 
 from arsync.cli import app
 from connectors.quickbooks.sandbox import QuickBooksSandbox
+from connectors.quickbooks.seed import seed_company
 from sync.db import make_engine
 from sync.models import Invoice
 from tests.support import sandbox_config

@@ -59,7 +59,7 @@ def test_sigterm_finishes_the_current_page_then_exits_cleanly(tmp_path: Path) ->
             text=True,
         )
         hook.pid = proc.pid
-        out, err = proc.communicate(timeout=120)
+        _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     messages = [line["msg"] for line in lines]
