@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
 from connectors.base import Clock, ConnectorError, Entity, Page, RecordSource, Window
+from sync import lease
 from sync.models import PullProgress, SyncCursor, SyncRun
 from sync.store import (
     ApplyCounts,
@@ -82,7 +83,9 @@ class SyncEngine:
         policy: SyncPolicy | None = None,
         stop: threading.Event | None = None,
         on_page: PageObserver | None = None,
+        owner: str | None = None,
     ) -> None:
+        self.owner = owner or lease.this_process()
         self.sessions = sessions
         self.clock = clock
         self.policy = policy or SyncPolicy()
@@ -120,6 +123,13 @@ class SyncEngine:
             assert run.id is not None
             summary = RunSummary(source.connection, kind, run.id)
         try:
+            with self.sessions.begin() as session:
+                lease.acquire(session, source.connection, self.owner, self.clock())
+        except lease.LeaseHeldError as exc:
+            summary.status, summary.error = "skipped", str(exc)
+            self._finish(summary, release=False)
+            return summary
+        try:
             body(summary)
             summary.status = "ok"
         except SyncInterruptedError:
@@ -134,12 +144,14 @@ class SyncEngine:
             raise
         finally:
             summary.api_calls = source.api_calls() - calls_before
-            self._finish(summary)
+            self._finish(summary, release=True)
         return summary
 
-    def _finish(self, summary: RunSummary) -> None:
+    def _finish(self, summary: RunSummary, *, release: bool) -> None:
         total = summary.total()
         with self.sessions.begin() as session:
+            if release:
+                lease.release(session, summary.connection, self.owner)
             session.execute(
                 sa.update(SyncRun)
                 .where(col(SyncRun.id) == summary.run_id)
@@ -160,7 +172,8 @@ class SyncEngine:
     def _sync(self, summary: RunSummary, source: RecordSource, full: bool, entities: Sequence[Entity] | None) -> None:
         wanted = list(entities or source.entities)
         signpost = self.clock()
-        horizon = signpost - timedelta(days=source.change_horizon_days)
+        # the feed's horizon, less an hour so `cursor - overlap` never falls just outside it
+        horizon = signpost - timedelta(days=source.change_horizon_days) + timedelta(hours=1)
         with self.sessions() as session:
             cursors = {
                 Entity(c.entity): c.synced_through
@@ -180,7 +193,7 @@ class SyncEngine:
             if (entity, CATCHUP) in unfinished:
                 progress = unfinished[(entity, CATCHUP)]
                 self._pull(summary, source, entity, CATCHUP, Window(progress.window_start, progress.window_end))
-            elif full or cursor is None or cursor < horizon or (entity, FULL) in unfinished:
+            elif full or cursor is None or cursor - self.policy.overlap < horizon or (entity, FULL) in unfinished:
                 self._pull(summary, source, entity, FULL, Window())
             else:
                 incremental.append(entity)
@@ -296,6 +309,7 @@ class SyncEngine:
 
     def _apply(self, session: Session, connection: str, page: Page) -> ApplyCounts:
         now = self.clock()
+        lease.renew(session, connection, self.owner, now)
         counts = apply_page(session, page.entity, page.records, page.quarantined, now)
         resolve_quarantine(session, connection, page.entity, counts.written_ids, now)
         return counts

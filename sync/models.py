@@ -97,6 +97,9 @@ class Connection(SQLModel, table=True):
     refresh_expires_at: datetime | None = utc()
     token_generation: int = 0
     parked_until: datetime | None = utc()
+    run_owner: str | None = Field(default=None, max_length=200)
+    """The process running a sync of this connection (``host:pid``), while it holds the lease."""
+    run_lease_until: datetime | None = utc()
 
 
 class _Synced(SQLModel):

@@ -253,3 +253,35 @@ def test_seeded_company_has_every_aging_bucket(env: Env) -> None:
         Decimal(0),
     )
     assert report.total("USD") == open_total
+
+
+def test_a_request_that_times_out_is_retried(env: Env, tmp_path: Path, db_url: str) -> None:
+    """The sandbox holds one answer past the client's read timeout; the call is retried and the sync converges."""
+    (tmp_path / "short").mkdir()
+    config = sandbox_config(tmp_path / "short", env.sandbox, db_url, timeout_seconds=0.3)
+    app = bootstrap(config, clock=env.clock, sleeper=env.clock.sleep)
+    env.sandbox.inject("stall:30", times=1, path_contains="/query")
+    source = app.source(NAME)
+    try:
+        summary = app.sync_engine(NAME).sync(source)
+    finally:
+        env.sandbox.release_stalls()
+        app.engine.dispose()
+    assert summary.status == "ok", summary.error
+    assert source.transport.stats.retries == 1
+    env.assert_converged()
+
+
+def test_one_run_per_connection_at_a_time(env: Env) -> None:
+    with env.app.sessions.begin() as s:
+        row = s.get(Connection, NAME)
+        assert row is not None
+        row.run_owner, row.run_lease_until = "worker-2.internal:4242", env.clock() + timedelta(minutes=3)
+    summary = env.sync()
+    assert summary.status == "skipped" and summary.error is not None and "worker-2.internal:4242" in summary.error
+    assert summary.api_calls == 0
+    env.clock.advance(minutes=4)
+    assert env.sync().status == "ok"
+    with env.app.sessions() as s:
+        row = s.get(Connection, NAME)
+        assert row is not None and row.run_owner is None

@@ -215,3 +215,35 @@ def test_needs_reauth_is_recorded(sessions: sessionmaker[Session]) -> None:
     with sessions() as s:
         row = s.get(Connection, "c1")
         assert row is not None and (row.status, row.status_reason) == ("needs_reauth", "invalid_grant")
+
+
+def test_a_second_run_is_refused_while_the_lease_is_held(sessions: sessionmaker[Session]) -> None:
+    from sync import lease
+
+    with sessions.begin() as s:
+        lease.acquire(s, "c1", "hostA:1", T0)
+    with pytest.raises(lease.LeaseHeldError, match=r"hostA:1"), sessions.begin() as s:
+        lease.acquire(s, "c1", "hostB:2", T0 + timedelta(minutes=1))
+    with sessions.begin() as s:  # renewed by its owner, then expired
+        lease.renew(s, "c1", "hostA:1", T0 + timedelta(minutes=5))
+    with pytest.raises(lease.LeaseHeldError), sessions.begin() as s:
+        lease.acquire(s, "c1", "hostB:2", T0 + timedelta(minutes=14))
+    with sessions.begin() as s:
+        lease.acquire(s, "c1", "hostB:2", T0 + timedelta(minutes=16))
+    with sessions.begin() as s:
+        lease.release(s, "c1", "hostB:2")
+        lease.acquire(s, "c1", "hostC:3", T0 + timedelta(minutes=16))
+
+
+def test_a_lease_held_by_a_dead_process_here_is_taken_over(sessions: sessionmaker[Session]) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from sync import lease
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with sessions.begin() as s:
+        lease.acquire(s, "c1", f"{socket.gethostname()}:{dead.stdout.strip()}", T0)
+    with sessions.begin() as s:
+        lease.acquire(s, "c1", lease.this_process(), T0 + timedelta(seconds=1))

@@ -1,0 +1,746 @@
+"""Benchmark: a full QuickBooks backfill against the sandbox, and the ledger's write path.
+
+Two measurements, printed as plain-text tables (nothing is asserted):
+
+1. **Backfill through the real connector path.** A seeded QuickBooks sandbox
+   runs in its own process (``bench/qbo_sandbox_server.py``) with the realm's
+   rate limits on (10 req/s, 500 req/min, 10 concurrent) and a latency added
+   to every API call. The sync runs in a second, freshly spawned process:
+   config file -> ``bootstrap`` -> ``sync.db.upgrade`` -> ``App.register`` ->
+   OAuth through ``arsync.demo.authorise`` -> ``SyncEngine.sync(full=True)``.
+   Reported: API calls per entity against the floor (one call per 1000 rows),
+   wall time against the floor the latency and the rate limits impose, rows
+   per second, and the sync process's own peak memory (``ru_maxrss`` and the
+   ``tracemalloc`` peak), which must not grow with the number of rows.
+2. **Mapping and upsert without network.** Invoice query pages (1000 realistic
+   invoices each, ``bench/qbo_payloads.py``) are parsed with ``Decimal``,
+   mapped with ``map_query_response`` and written with ``apply_page`` in one
+   transaction per page, on a fresh SQLite file and on a fresh PostgreSQL
+   schema; then the same pages again, all unchanged.
+
+Usage::
+
+    python bench/backfill_qbo.py                      # 100k invoices + 20k customers, real limits, 150 ms
+    python bench/backfill_qbo.py --scale 100000,1000000 --mapping-db none
+    python bench/backfill_qbo.py --invoices 5000 --customers 500 --latency 0 --no-limits
+
+PostgreSQL comes from ``ARSYNC_BENCH_PG_URL`` (default
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``); each run uses a fresh
+schema and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TextIO
+
+import sqlalchemy as sa
+from qbo_payloads import PAGE, invoice_page
+from sqlalchemy.orm import sessionmaker
+
+from arsync.bootstrap import bootstrap
+from arsync.demo import authorise
+from connectors.base import Entity
+from connectors.quickbooks.mapping import ENTITY_NAMES, map_query_response
+from sync.db import make_engine, upgrade
+from sync.models import Connection, DocumentLine, Tenant
+from sync.store import TABLES, apply_page, resolve_quarantine
+
+NAME = "bench-qbo"
+TENANT = "bench"
+PG_URL = os.environ.get("ARSYNC_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SERVER = Path(__file__).resolve().with_name("qbo_sandbox_server.py")
+PULL_ORDER = (Entity.CUSTOMER, Entity.INVOICE, Entity.PAYMENT, Entity.CREDIT_NOTE)
+"""The entities ``QuickBooksSource`` pulls, in its order."""
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+
+def maxrss_kib() -> int:
+    """Peak resident set size of this process so far (KiB on Linux)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def current_rss_kib() -> int:
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def mib(kib: int) -> str:
+    return f"{kib / 1024:,.1f} MiB"
+
+
+def num(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def table(rows: Sequence[Sequence[str]], *, header: bool = True, out: TextIO = sys.stdout) -> None:
+    """Print rows as aligned columns (first column left, the others right)."""
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(max(len(r) for r in rows))]
+    for index, row in enumerate(rows):
+        cells = [cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)]
+        print("  " + "  ".join(cells).rstrip(), file=out)
+        if header and index == 0:
+            print("  " + "  ".join("-" * w for w in widths), file=out)
+
+
+def title(text: str) -> None:
+    print()
+    print(text)
+    print("=" * len(text))
+
+
+# --- databases ------------------------------------------------------------------------------
+
+
+@contextmanager
+def database(kind: str, workdir: Path) -> Iterator[str]:
+    """A fresh ledger database URL: a SQLite file in ``workdir`` or a new PostgreSQL schema."""
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / 'ledger.db'}"
+        return
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def db_label(kind: str) -> str:
+    return "SQLite" if kind == "sqlite" else "PostgreSQL"
+
+
+# --- the sandbox process ----------------------------------------------------------------------
+
+
+class SandboxProcess:
+    """``bench/qbo_sandbox_server.py`` in a subprocess, driven over stdin/stdout."""
+
+    def __init__(self, *, customers: int, invoices: int, latency: float, limits: bool) -> None:
+        command = [
+            sys.executable,
+            str(SERVER),
+            "--customers",
+            str(customers),
+            "--invoices",
+            str(invoices),
+            "--latency",
+            str(latency),
+        ]
+        if not limits:
+            command.append("--no-limits")
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self._stdout().readline()
+        if not line:
+            raise RuntimeError(f"the sandbox process exited with {self.proc.wait()} before it was ready")
+        self.info: dict[str, Any] = json.loads(line)
+
+    def _stdout(self) -> TextIO:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    def command(self, text: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        answer: dict[str, Any] = json.loads(self._stdout().readline())
+        return answer
+
+    def close(self) -> None:
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> SandboxProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- the sync process -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncJob:
+    workdir: str
+    database_url: str
+    sandbox: dict[str, Any]
+    limits: bool
+    trace: bool
+
+
+@dataclass
+class SyncResult:
+    status: str
+    error: str | None
+    api_calls: int
+    retries: int
+    throttled: int
+    wall: float
+    cpu: float
+    written: dict[str, int]
+    ledger: dict[str, int]
+    rss_start_kib: int
+    rss_ready_kib: int
+    rss_peak_kib: int
+    rss_end_kib: int
+    traced_peak: int | None
+
+
+def write_config(workdir: Path, sandbox: dict[str, Any], database_url: str, *, limits: bool) -> Path:
+    """The config file a user would write for this sandbox (client id and secret in a separate file)."""
+    credentials = workdir / "credentials.toml"
+    credentials.write_text(
+        f'[connections.{NAME}]\nclient_id = "{sandbox["client_id"]}"\nclient_secret = "{sandbox["client_secret"]}"\n'
+    )
+    credentials.chmod(0o600)
+    budget = "" if limits else (
+        f"\n[tenants.{TENANT}.connections.{NAME}.rate_limit]\n"
+        "per_second = 1000000\nper_minute = 60000000\nconcurrent = 10\n"
+    )
+    config = workdir / "arsync.toml"
+    config.write_text(
+        f"""[database]
+url = "{database_url}"
+
+[credentials]
+file = "credentials.toml"
+
+[tenants.{TENANT}]
+display_name = "Benchmark Co"
+timezone = "America/Los_Angeles"
+home_currency = "USD"
+
+[tenants.{TENANT}.connections.{NAME}]
+kind = "quickbooks"
+environment = "sandbox"
+redirect_uri = "http://127.0.0.1:8765/callback"
+base_url = "{sandbox["api_base"]}"
+token_url = "{sandbox["token_url"]}"
+discovery_url = "{sandbox["discovery_url"]}"
+{budget}"""
+    )
+    return config
+
+
+def run_sync(job: SyncJob) -> SyncResult:
+    """The sync side, in its own process: bootstrap, migrate, authorise, one full sync."""
+    rss_start = maxrss_kib()
+    config = write_config(Path(job.workdir), job.sandbox, job.database_url, limits=job.limits)
+    app = bootstrap(config)
+    upgrade(app.engine)
+    app.register()
+    authorise(app, NAME)
+    source = app.source(NAME)
+    engine = app.sync_engine(NAME)
+    rss_ready = maxrss_kib()
+    if job.trace:
+        tracemalloc.start()
+    cpu_before = cpu_seconds()
+    started = time.perf_counter()
+    summary = engine.sync(source, full=True)
+    wall = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu_before
+    traced_peak = None
+    if job.trace:
+        traced_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    rss_peak, rss_end = maxrss_kib(), current_rss_kib()
+    ledger: dict[str, int] = {}
+    with app.sessions() as session:
+        for entity, model in TABLES.items():
+            ledger[entity.value] = session.execute(sa.select(sa.func.count()).select_from(model)).scalar_one()
+        ledger["document_line"] = session.execute(sa.select(sa.func.count()).select_from(DocumentLine)).scalar_one()
+    app.engine.dispose()
+    stats = source.transport.stats
+    return SyncResult(
+        status=summary.status,
+        error=summary.error,
+        api_calls=summary.api_calls,
+        retries=stats.retries,
+        throttled=stats.throttled,
+        wall=wall,
+        cpu=cpu,
+        written={entity.value: counts.written for entity, counts in summary.counts.items()},
+        ledger=ledger,
+        rss_start_kib=rss_start,
+        rss_ready_kib=rss_ready,
+        rss_peak_kib=rss_peak,
+        rss_end_kib=rss_end,
+        traced_peak=traced_peak,
+    )
+
+
+# --- floors -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Floors:
+    calls: int
+    latency: float
+    per_second: int | None
+    per_minute: int | None
+    concurrent: int
+
+    @property
+    def sequential(self) -> float:
+        """One call at a time (our pull is sequential per entity): calls x latency."""
+        return self.calls * self.latency
+
+    @property
+    def parallel(self) -> float:
+        """The latency floor if every allowed concurrent slot were used."""
+        return self.latency * self.calls / self.concurrent
+
+    @property
+    def per_second_floor(self) -> float:
+        return self.calls / self.per_second if self.per_second else 0.0
+
+    @property
+    def per_minute_floor(self) -> float:
+        return 60.0 * (self.calls // self.per_minute) if self.per_minute else 0.0
+
+    @property
+    def rate(self) -> float:
+        return max(self.per_second_floor, self.per_minute_floor)
+
+    @property
+    def floor(self) -> float:
+        return max(self.sequential, self.rate)
+
+    @property
+    def binds(self) -> str:
+        if self.floor == 0:
+            return "nothing (no latency, no limits)"
+        if self.sequential >= self.rate:
+            return "latency (sequential calls)"
+        return "per-second limit" if self.per_second_floor >= self.per_minute_floor else "per-minute limit"
+
+
+def pull_calls(rows: int) -> int:
+    """Calls a paged pull makes: it stops at the first page shorter than 1000, so a multiple of 1000 costs one more."""
+    return rows // PAGE + 1
+
+
+def extra_reason(rows: int) -> str:
+    if rows == 0:
+        return "no rows: one call to see the entity is empty"
+    if rows % PAGE == 0:
+        return f"{num(rows)} is a multiple of {PAGE}: one more call sees an empty page"
+    return ""
+
+
+# --- one backfill run ---------------------------------------------------------------------------
+
+
+@dataclass
+class BackfillReport:
+    customers: int
+    invoices: int
+    db: str
+    latency: float
+    limits: bool
+    trace: bool
+    sandbox: dict[str, Any]
+    result: SyncResult
+    stats: dict[str, Any]
+    rows: dict[Entity, int] = field(default_factory=dict)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    def floors(self) -> Floors:
+        limits = self.limits
+        return Floors(
+            calls=self.result.api_calls,
+            latency=self.latency,
+            per_second=int(self.sandbox["per_second"]) if limits else None,
+            per_minute=int(self.sandbox["per_minute"]) if limits else None,
+            concurrent=int(self.sandbox["concurrent"]),
+        )
+
+
+def backfill(*, customers: int, invoices: int, latency: float, limits: bool, db: str, trace: bool) -> BackfillReport:
+    with (
+        tempfile.TemporaryDirectory(prefix="arsync-bench-") as tmp,
+        SandboxProcess(customers=customers, invoices=invoices, latency=latency, limits=limits) as sandbox,
+        database(db, Path(tmp)) as url,
+    ):
+        job = SyncJob(workdir=tmp, database_url=url, sandbox=sandbox.info, limits=limits, trace=trace)
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            result = pool.submit(run_sync, job).result()
+        stats = sandbox.command("stats")
+    return BackfillReport(
+        customers=customers,
+        invoices=invoices,
+        db=db,
+        latency=latency,
+        limits=limits,
+        trace=trace,
+        sandbox=sandbox.info,
+        result=result,
+        stats=stats,
+        rows={Entity.CUSTOMER: customers, Entity.INVOICE: invoices, Entity.PAYMENT: 0, Entity.CREDIT_NOTE: 0},
+    )
+
+
+def print_backfill(report: BackfillReport) -> None:
+    result, stats, floors = report.result, report.stats, report.floors()
+    limits = (
+        f"limits {report.sandbox['per_second']}/s, {report.sandbox['per_minute']}/min, "
+        f"{report.sandbox['concurrent']} concurrent"
+        if report.limits
+        else "no rate limits"
+    )
+    title(
+        f"Backfill: {num(report.invoices)} invoices + {num(report.customers)} customers, "
+        f"{db_label(report.db)}, latency {report.latency * 1000:.0f} ms, {limits}"
+    )
+    print(f"sync status: {result.status}" + (f" ({result.error})" if result.error else ""))
+    print(f"sandbox seeded in {report.sandbox['seed_seconds']:.1f} s (in its own process, not timed)")
+
+    print("\nAPI calls (floor: one call per 1000 rows, MAXRESULTS 1000)")
+    by_entity: dict[str, int] = stats["calls_by_entity"]
+    rows = [["entity", "rows", "floor", "expected", "used", "extra calls"]]
+    floor_total = expected_total = used_total = 0
+    for entity in PULL_ORDER:
+        name = ENTITY_NAMES[entity]
+        count = report.rows[entity]
+        floor, expected, used = math.ceil(count / PAGE), pull_calls(count), by_entity.get(name, 0)
+        floor_total, expected_total, used_total = floor_total + floor, expected_total + expected, used_total + used
+        rows.append([name, num(count), str(floor), str(expected), str(used), extra_reason(count)])
+    for other, used in sorted(by_entity.items()):
+        if other not in {ENTITY_NAMES[e] for e in PULL_ORDER}:
+            rows.append([other, "", "0", "0", str(used), "not part of a first full pull"])
+            used_total += used
+    rows.append(["total", num(report.total_rows), str(floor_total), str(expected_total), str(used_total), ""])
+    table(rows)
+    print(
+        f"  RunSummary.api_calls {result.api_calls}; sandbox counted {stats['api_calls']} API calls "
+        f"(+{stats['other_requests']} OAuth/discovery requests, not API calls); "
+        f"throttled {stats['throttled']} (client saw {result.throttled}), retries {result.retries}"
+    )
+
+    print("\nWall time (sync.sync(full=True) only; bootstrap, migration and OAuth not timed)")
+    rate_text = (
+        f"max({floors.calls}/{floors.per_second}, 60 x ({floors.calls} // {floors.per_minute}))"
+        if report.limits
+        else "no limits"
+    )
+    measured_over = result.wall - floors.floor
+    table(
+        [
+            ["sequential floor: calls x latency", f"{floors.calls} x {floors.latency:.3f} s", f"{floors.sequential:.1f} s"],
+            ["rate floor", rate_text, f"{floors.rate:.1f} s"],
+            [
+                f"parallel floor at {floors.concurrent} concurrent",
+                f"{floors.calls} x {floors.latency:.3f} / {floors.concurrent}",
+                f"{floors.parallel:.1f} s",
+            ],
+            ["floor that binds", floors.binds, f"{floors.floor:.1f} s"],
+            [
+                "measured",
+                f"{result.wall / floors.floor:.2f} x floor" if floors.floor else "",
+                f"{result.wall:.1f} s",
+            ],
+            [
+                "above the floor",
+                f"{measured_over / max(1, floors.calls) * 1000:.0f} ms per call",
+                f"{measured_over:.1f} s",
+            ],
+            ["sync-process CPU", f"{result.cpu / result.wall:.0%} of wall", f"{result.cpu:.1f} s"],
+            ["rows/s, whole sync", f"{num(report.total_rows)} rows", num(report.total_rows / result.wall)],
+            ["rows/s per sync CPU second", "", num(report.total_rows / result.cpu) if result.cpu else "-"],
+        ],
+        header=False,
+    )
+
+    print("\nMemory (the sync process only; the sandbox runs in its own process)")
+    memory = [
+        ["peak RSS after imports", mib(result.rss_start_kib)],
+        ["peak RSS after bootstrap, migration, OAuth", mib(result.rss_ready_kib)],
+        ["peak RSS at the end of the sync (ru_maxrss)", mib(result.rss_peak_kib)],
+        ["growth during the sync", mib(result.rss_peak_kib - result.rss_ready_kib)],
+        ["RSS after the sync", mib(result.rss_end_kib)],
+        [
+            "tracemalloc peak during the sync",
+            f"{result.traced_peak / 1048576:,.1f} MiB" if result.traced_peak is not None else "off",
+        ],
+    ]
+    table(memory, header=False)
+    ledger = ", ".join(f"{num(v)} {k}" for k, v in result.ledger.items())
+    print(f"  ledger after the sync: {ledger}")
+
+
+def print_scale(reports: Sequence[BackfillReport]) -> None:
+    title("Scale: peak memory of the sync process against the number of invoices")
+    rows = [
+        [
+            "invoices",
+            "customers",
+            "API calls",
+            "floor",
+            "wall",
+            "rows/s",
+            "RSS ready",
+            "RSS peak",
+            "growth",
+            "tracemalloc peak",
+        ]
+    ]
+    for report in reports:
+        result, floors = report.result, report.floors()
+        rows.append(
+            [
+                num(report.invoices),
+                num(report.customers),
+                str(result.api_calls),
+                f"{floors.floor:.1f} s",
+                f"{result.wall:.1f} s",
+                num(report.total_rows / result.wall),
+                mib(result.rss_ready_kib),
+                mib(result.rss_peak_kib),
+                mib(result.rss_peak_kib - result.rss_ready_kib),
+                f"{result.traced_peak / 1048576:,.1f} MiB" if result.traced_peak is not None else "off",
+            ]
+        )
+    table(rows)
+
+
+# --- mapping and upsert without network ---------------------------------------------------------
+
+
+@dataclass
+class PassTimes:
+    rows: int = 0
+    parse: float = 0.0
+    map: float = 0.0
+    apply: float = 0.0
+    transaction: float = 0.0
+    written: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+
+
+@dataclass
+class MappingReport:
+    db: str
+    invoices: int
+    passes: list[PassTimes]
+    ledger_invoices: int
+    ledger_lines: int
+    rss_peak_kib: int
+
+
+def mapping_bench(db: str, invoices: int, customers: int) -> MappingReport:
+    """Parse, map and upsert ``invoices`` in pages of 1000, twice, on a fresh database."""
+    today = date.today()
+    pages = math.ceil(invoices / PAGE)
+    with tempfile.TemporaryDirectory(prefix="arsync-bench-") as tmp, database(db, Path(tmp)) as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        sessions = sessionmaker(engine, expire_on_commit=False)
+        with sessions.begin() as session:
+            session.add(Tenant(id=TENANT, display_name="Benchmark Co"))
+            session.flush()
+            session.add(Connection(id=NAME, tenant_id=TENANT, kind="quickbooks"))
+        passes: list[PassTimes] = []
+        for _ in range(2):
+            times = PassTimes()
+            for page in range(pages):
+                size = min(PAGE, invoices - page * PAGE)
+                text = invoice_page(page, customers=customers, today=today, size=size)
+                now = datetime.now(UTC)
+                t0 = time.perf_counter()
+                body = json.loads(text, parse_float=Decimal)
+                t1 = time.perf_counter()
+                records, quarantined, raw = map_query_response(NAME, Entity.INVOICE, body)
+                t2 = time.perf_counter()
+                with sessions.begin() as session:
+                    t3 = time.perf_counter()
+                    counts = apply_page(session, Entity.INVOICE, records, quarantined, now)
+                    t4 = time.perf_counter()
+                    resolve_quarantine(session, NAME, Entity.INVOICE, counts.written_ids, now)
+                t5 = time.perf_counter()
+                times.rows += raw
+                times.parse += t1 - t0
+                times.map += t2 - t1
+                times.apply += t4 - t3
+                times.transaction += t5 - t2
+                times.written += counts.written
+                times.unchanged += counts.unchanged
+                times.quarantined += counts.quarantined
+            passes.append(times)
+        with sessions() as session:
+            ledger_invoices = session.execute(
+                sa.select(sa.func.count()).select_from(TABLES[Entity.INVOICE])
+            ).scalar_one()
+            ledger_lines = session.execute(sa.select(sa.func.count()).select_from(DocumentLine)).scalar_one()
+        engine.dispose()
+    return MappingReport(db, invoices, passes, ledger_invoices, ledger_lines, maxrss_kib())
+
+
+def print_mapping(report: MappingReport) -> None:
+    title(
+        f"Mapping and upsert: {num(report.invoices)} invoices in pages of {PAGE}, "
+        f"{db_label(report.db)}, in process, no network"
+    )
+    first, second = report.passes
+
+    def rate(rows: int, seconds: float) -> str:
+        return f"{num(rows / seconds)} rows/s" if seconds else "-"
+
+    def cells(times: PassTimes, seconds: float) -> list[str]:
+        return [f"{seconds:.2f} s", rate(times.rows, seconds)]
+
+    rows = [
+        ["step", "pass 1: all new", "", "pass 2: all unchanged", ""],
+        ["json.loads(parse_float=Decimal)", *cells(first, first.parse), *cells(second, second.parse)],
+        ["map_query_response", *cells(first, first.map), *cells(second, second.map)],
+        ["apply_page (upsert)", *cells(first, first.apply), *cells(second, second.apply)],
+        [
+            "page transaction (apply_page + resolve_quarantine + commit)",
+            *cells(first, first.transaction),
+            *cells(second, second.transaction),
+        ],
+        [
+            "map + page transaction",
+            *cells(first, first.map + first.transaction),
+            *cells(second, second.map + second.transaction),
+        ],
+        [
+            "parse + map + page transaction",
+            *cells(first, first.parse + first.map + first.transaction),
+            *cells(second, second.parse + second.map + second.transaction),
+        ],
+    ]
+    table(rows)
+    print(
+        f"  pass 1 wrote {num(first.written)} ({num(first.unchanged)} unchanged, {first.quarantined} quarantined); "
+        f"pass 2 wrote {num(second.written)} ({num(second.unchanged)} unchanged); "
+        f"ledger: {num(report.ledger_invoices)} invoices, {num(report.ledger_lines)} lines"
+    )
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Backfill QuickBooks invoices and customers from the sandbox and print the figures."
+    )
+    parser.add_argument("--invoices", type=int, default=100_000, help="invoices in the sandbox (default 100000)")
+    parser.add_argument("--customers", type=int, default=20_000, help="customers in the sandbox (default 20000)")
+    parser.add_argument("--latency", type=float, default=0.15, help="seconds added to every API call (default 0.15)")
+    parser.add_argument(
+        "--db", choices=("sqlite", "postgres", "both"), default="sqlite", help="ledger for the backfill runs"
+    )
+    parser.add_argument(
+        "--scale",
+        default=None,
+        help="comma-separated invoice counts: one backfill per count, then a memory table (e.g. 100000,1000000)",
+    )
+    parser.add_argument("--no-limits", action="store_true", help="turn the rate limits off (sandbox and client)")
+    parser.add_argument("--no-tracemalloc", action="store_true", help="do not trace allocations during the sync")
+    parser.add_argument(
+        "--mapping-db",
+        choices=("sqlite", "postgres", "both", "none"),
+        default="both",
+        help="databases for the in-process mapping/upsert measurement (default both)",
+    )
+    parser.add_argument(
+        "--mapping-invoices", type=int, default=100_000, help="invoices for the mapping/upsert measurement"
+    )
+    parser.add_argument("--skip-backfill", action="store_true", help="only the mapping/upsert measurement")
+    args = parser.parse_args(argv)
+    for name in ("invoices", "customers", "mapping_invoices"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative")
+    if args.invoices and not args.customers:
+        parser.error("invoices need at least one customer")
+    if args.latency < 0:
+        parser.error("--latency must not be negative")
+    return args
+
+
+def kinds(choice: str) -> list[str]:
+    return ["sqlite", "postgres"] if choice == "both" else [] if choice == "none" else [choice]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(
+        f"arsync backfill benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, {platform.platform()}"
+    )
+    limits = not args.no_limits
+    trace = not args.no_tracemalloc
+    counts = [int(n) for n in args.scale.split(",")] if args.scale else [args.invoices]
+    reports: list[BackfillReport] = []
+    if not args.skip_backfill:
+        for db in kinds(args.db):
+            for invoices in counts:
+                report = backfill(
+                    customers=args.customers,
+                    invoices=invoices,
+                    latency=args.latency,
+                    limits=limits,
+                    db=db,
+                    trace=trace,
+                )
+                print_backfill(report)
+                reports.append(report)
+                sys.stdout.flush()
+        if args.scale:
+            print_scale(reports)
+    for db in kinds(args.mapping_db):
+        print_mapping(mapping_bench(db, args.mapping_invoices, max(1, args.customers)))
+        sys.stdout.flush()
+    failed = [r for r in reports if r.result.status != "ok"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
