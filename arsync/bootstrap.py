@@ -28,6 +28,7 @@ class App:
     clock: Clock
     sleeper: Sleeper
     stop: threading.Event = field(default_factory=threading.Event)
+    sources: dict[str, QuickBooksSource] = field(default_factory=dict)
 
     def require_migrated(self) -> None:
         require_migrated(self.engine)
@@ -80,11 +81,13 @@ class App:
         return DatabaseTokenStore(self.sessions, name)
 
     def source(self, name: str) -> QuickBooksSource:
-        conn = self.config.connection(name)
-        settings = self.quickbooks_settings(conn)
-        return QuickBooksSource(
-            settings, self.tokens(name), self.clock, self.sleeper, QuickBooksAuth(settings, self.clock)
-        )
+        """The connection's source, kept for the app's life so its rate budget spans runs."""
+        if name not in self.sources:
+            settings = self.quickbooks_settings(self.config.connection(name))
+            self.sources[name] = QuickBooksSource(
+                settings, self.tokens(name), self.clock, self.sleeper, QuickBooksAuth(settings, self.clock)
+            )
+        return self.sources[name]
 
     def sync_engine(self, name: str, on_page: PageObserver | None = None) -> SyncEngine:
         conn = self.config.connection(name)
