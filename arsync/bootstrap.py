@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from arsync.clock import real_sleep, utc_now
 from arsync.config import Config, QuickBooksConnectionConfig, load_config
-from connectors.base import Clock, Sleeper
+from connectors.base import Clock, Entity, Sleeper
 from connectors.quickbooks.client import QuickBooksAuth, QuickBooksSettings, QuickBooksSource
 from sync.db import make_engine, require_migrated
 from sync.engine import PageObserver, SyncEngine, SyncPolicy
@@ -72,6 +72,7 @@ class App:
             per_minute=conn.rate_limit.per_minute,
             concurrent=conn.rate_limit.concurrent,
             home_currency=tenant.home_currency,
+            entities=tuple(Entity(e) for e in conn.entities),
         )
 
     def auth(self, name: str) -> QuickBooksAuth:

@@ -111,6 +111,13 @@ def run_daemon(app: App) -> int:
         extra={"fields": {"connections": [c.name for c in app.config.connections()]}},
     )
     stopped.wait()
-    scheduler.shutdown(wait=True)
+    grace = app.config.daemon.shutdown_grace_seconds
+    closing = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
+    closing.start()
+    closing.join(timeout=grace)
+    if closing.is_alive():
+        # The running page's transaction is rolled back by the exit; the next start resumes before it.
+        log.warning("stopped before the running sync finished", extra={"fields": {"grace_seconds": grace}})
+        return 1
     log.info("stopped")
     return 0

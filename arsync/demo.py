@@ -15,8 +15,6 @@ from pathlib import Path
 
 import requests
 import sqlalchemy as sa
-from connectors.quickbooks.sandbox import QuickBooksSandbox
-from connectors.quickbooks.seed import mutate_some, seed_company
 from rich.console import Console
 from rich.table import Table
 from sqlmodel import col
@@ -24,6 +22,8 @@ from sqlmodel import col
 from arsync.bootstrap import App, bootstrap
 from arsync.status import render_status
 from collect.aging import BUCKETS, aging_report
+from connectors.quickbooks.sandbox import QuickBooksSandbox
+from connectors.quickbooks.seed import mutate_some, seed_company
 from sync.db import upgrade
 from sync.engine import RunSummary
 from sync.models import Invoice

@@ -71,6 +71,7 @@ class QuickBooksSettings:
     per_minute: int = 500
     concurrent: int = 10
     home_currency: str = "USD"
+    entities: tuple[Entity, ...] = (Entity.CUSTOMER, Entity.INVOICE, Entity.PAYMENT, Entity.CREDIT_NOTE)
 
 
 class _TimedAuthClient(AuthClient):  # type: ignore[misc]
@@ -171,7 +172,6 @@ class QuickBooksAuth:
 class QuickBooksSource:
     """A ``RecordSource`` over one QuickBooks Online company (realm)."""
 
-    entities: tuple[Entity, ...] = (Entity.CUSTOMER, Entity.INVOICE, Entity.PAYMENT, Entity.CREDIT_NOTE)
     change_horizon_days = CDC_HORIZON_DAYS
 
     def __init__(
@@ -184,6 +184,7 @@ class QuickBooksSource:
     ) -> None:
         self.settings = settings
         self.connection = settings.connection
+        self.entities = settings.entities
         self.clock = clock
         self.tokens = tokens
         self.auth = auth or QuickBooksAuth(settings, clock)

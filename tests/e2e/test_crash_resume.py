@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from connectors.quickbooks.seed import seed_bulk
 
 from arsync.bootstrap import bootstrap
 from arsync.demo import authorise
 from connectors.quickbooks.sandbox import QuickBooksSandbox
+from connectors.quickbooks.seed import seed_bulk
 from sync.db import upgrade
 from sync.models import Invoice, PullProgress, SyncCursor
 from tests.support import sandbox_config

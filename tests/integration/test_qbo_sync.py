@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from connectors.quickbooks.sandbox import QuickBooksSandbox
-from connectors.quickbooks.seed import mutate_some, seed_company
 from sqlmodel import col
 
 from arsync.bootstrap import App, bootstrap
 from arsync.demo import authorise
 from arsync.status import connection_status
 from connectors.base import Entity
+from connectors.quickbooks.sandbox import QuickBooksSandbox
+from connectors.quickbooks.seed import mutate_some, seed_company
 from sync.db import upgrade
 from sync.engine import RunSummary
 from sync.models import Connection, Customer, Invoice, Payment, QuarantinedRecord, SyncCursor
@@ -285,3 +285,15 @@ def test_one_run_per_connection_at_a_time(env: Env) -> None:
     with env.app.sessions() as s:
         row = s.get(Connection, NAME)
         assert row is not None and row.run_owner is None
+
+
+def test_only_the_configured_entities_are_pulled(env: Env, tmp_path: Path, db_url: str) -> None:
+    (tmp_path / "some").mkdir()
+    config = sandbox_config(tmp_path / "some", env.sandbox, db_url, entities=["customer", "invoice"])
+    app = bootstrap(config, clock=env.clock, sleeper=env.clock.sleep)
+    summary = app.sync_engine(NAME).sync(app.source(NAME))
+    app.engine.dispose()
+    assert summary.status == "ok", summary.error
+    assert set(summary.counts) == {Entity.CUSTOMER, Entity.INVOICE}
+    with env.app.sessions() as s:
+        assert s.execute(sa.select(sa.func.count()).select_from(Payment)).scalar_one() == 0
