@@ -143,15 +143,7 @@ def _progress() -> Progress:
 
 
 def _report(summary: RunSummary) -> None:
-    total = summary.total()
-    line = (
-        f"{summary.connection}: {summary.kind} {summary.status}: {total.written} written, "
-        f"{total.unchanged} unchanged, {total.deleted} deleted, {total.quarantined} quarantined, "
-        f"{summary.api_calls} API calls"
-    )
-    if summary.error:
-        line += f"\n  {summary.error}"
-    (console if summary.status == "ok" else err).print(line, highlight=False, markup=False)
+    (console if summary.status == "ok" else err).print(summary.describe(), highlight=False, markup=False)
 
 
 def _engine(application: App, name: str, progress: Progress) -> SyncEngine:

@@ -25,7 +25,6 @@ from collect.aging import BUCKETS, aging_report
 from connectors.quickbooks.sandbox import QuickBooksSandbox
 from connectors.quickbooks.seed import mutate_some, seed_company
 from sync.db import upgrade
-from sync.engine import RunSummary
 from sync.models import Invoice
 from sync.store import TABLES
 
@@ -76,17 +75,6 @@ def authorise(app: App, name: str) -> None:
     app.tokens(name).save(auth.exchange(redirect, state))
 
 
-def _line(console: Console, title: str, summary: RunSummary) -> None:
-    total = summary.total()
-    console.print(
-        f"{title}: {summary.status}: {total.written} written, {total.unchanged} unchanged, "
-        f"{total.deleted} deleted, {total.quarantined} quarantined, {summary.api_calls} API calls",
-        highlight=False,
-    )
-    if summary.error:
-        console.print(f"  {summary.error}", highlight=False, markup=False)
-
-
 def _matches(sandbox: QuickBooksSandbox, external_id: str, version: str | None, balance: Decimal) -> bool:
     source = sandbox.get("Invoice", external_id)
     return source is not None and source["SyncToken"] == version and Decimal(str(source["Balance"])) == balance
@@ -101,17 +89,23 @@ def run_demo(workdir: Path, *, customers: int, invoices: int, console: Console) 
     sandbox.start()
     try:
         seeded = seed_company(sandbox, customers=customers, invoices=invoices, today=today)
-        console.print(f"sandbox at {sandbox.url}: seeded {seeded}", highlight=False)
+        console.print(
+            f"QuickBooks sandbox at {sandbox.url}: {seeded.customers} customers ({seeded.inactive_customers} "
+            f"inactive), {seeded.invoices} invoices ({seeded.paid_in_full} paid, {seeded.partially_paid} partly "
+            f"paid, {seeded.voided} voided, {seeded.deleted} deleted), {seeded.payments} payments, "
+            f"{seeded.credit_memos} credit memos",
+            highlight=False,
+        )
         app = bootstrap(write_demo_config(workdir, sandbox))
         upgrade(app.engine)
         app.register()
         authorise(app, CONNECTION)
 
         first = app.sync_engine(CONNECTION).sync(app.source(CONNECTION))
-        _line(console, "full sync", first)
+        console.print(first.describe(), highlight=False, markup=False)
         changed = set(mutate_some(sandbox, 25, seed=11))
         second = app.sync_engine(CONNECTION).sync(app.source(CONNECTION))
-        _line(console, "incremental sync", second)
+        console.print(second.describe(), highlight=False, markup=False)
 
         with app.sessions() as session:
             counts = Table(title="ledger")

@@ -70,6 +70,14 @@ class RunSummary:
             total.add(counts)
         return total
 
+    def describe(self) -> str:
+        total = self.total()
+        line = (
+            f"{self.connection}: {self.kind} {self.status}: {total.written} written, {total.unchanged} unchanged, "
+            f"{total.deleted} deleted, {total.quarantined} quarantined, {self.api_calls} API calls"
+        )
+        return f"{line}\n  {self.error}" if self.error else line
+
 
 PageObserver = Callable[[Entity, ApplyCounts], None]
 
@@ -156,6 +164,7 @@ class SyncEngine:
                 sa.update(SyncRun)
                 .where(col(SyncRun.id) == summary.run_id)
                 .values(
+                    kind=summary.kind,
                     status=summary.status,
                     finished_at=self.clock(),
                     api_calls=summary.api_calls,
@@ -194,6 +203,7 @@ class SyncEngine:
                 progress = unfinished[(entity, CATCHUP)]
                 self._pull(summary, source, entity, CATCHUP, Window(progress.window_start, progress.window_end))
             elif full or cursor is None or cursor - self.policy.overlap < horizon or (entity, FULL) in unfinished:
+                summary.kind = "full"
                 self._pull(summary, source, entity, FULL, Window())
             else:
                 incremental.append(entity)
