@@ -8,7 +8,9 @@ sync and prints what the ledger now holds.
 
 from __future__ import annotations
 
+import json
 import secrets
+from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -31,37 +33,49 @@ from sync.store import TABLES
 CONNECTION = "demo-qbo"
 
 
-def write_demo_config(workdir: Path, sandbox: QuickBooksSandbox) -> Path:
-    (workdir / "credentials.toml").write_text(
-        f'[connections.{CONNECTION}]\nclient_id = "{sandbox.client_id}"\nclient_secret = "{sandbox.client_secret}"\n'
+def write_sandbox_config(
+    folder: Path,
+    sandbox: QuickBooksSandbox,
+    *,
+    database_url: str,
+    connection: str,
+    tenant: str,
+    display_name: str,
+    log_format: str = "json",
+    extra: Mapping[str, object] | None = None,
+) -> Path:
+    """A config (and its credentials file) with one QuickBooks connection pointing at ``sandbox``."""
+    credentials = folder / "credentials.toml"
+    credentials.write_text(
+        f'[connections.{connection}]\nclient_id = "{sandbox.client_id}"\nclient_secret = "{sandbox.client_secret}"\n'
     )
-    (workdir / "credentials.toml").chmod(0o600)
-    config = workdir / "arsync.toml"
+    credentials.chmod(0o600)
+    settings = "".join(f"{key} = {json.dumps(value)}\n" for key, value in (extra or {}).items())
+    config = folder / "arsync.toml"
     config.write_text(
-        f"""# Written by `arsync demo`: a local QuickBooks sandbox and a SQLite ledger.
+        f"""# A local QuickBooks sandbox; written by arsync.
 [database]
-url = "sqlite:///arsync.db"
+url = "{database_url}"
 
 [daemon]
-log_format = "text"
+log_format = "{log_format}"
 
 [credentials]
 file = "credentials.toml"
 
-[tenants.demo]
-display_name = "Demo Landscaping Co"
+[tenants.{tenant}]
+display_name = "{display_name}"
 timezone = "America/Los_Angeles"
 home_currency = "USD"
 
-[tenants.demo.connections.{CONNECTION}]
+[tenants.{tenant}.connections.{connection}]
 kind = "quickbooks"
 environment = "sandbox"
 redirect_uri = "http://127.0.0.1:8765/callback"
 base_url = "{sandbox.api_base}"
 token_url = "{sandbox.token_url}"
 discovery_url = "{sandbox.discovery_url}"
-sync_interval_minutes = 15
-"""
+{settings}"""
     )
     return config
 
@@ -96,7 +110,16 @@ def run_demo(workdir: Path, *, customers: int, invoices: int, console: Console) 
             f"{seeded.credit_memos} credit memos",
             highlight=False,
         )
-        app = bootstrap(write_demo_config(workdir, sandbox))
+        config = write_sandbox_config(
+            workdir,
+            sandbox,
+            database_url="sqlite:///arsync.db",
+            connection=CONNECTION,
+            tenant="demo",
+            display_name="Demo Landscaping Co",
+            log_format="text",
+        )
+        app = bootstrap(config)
         upgrade(app.engine)
         app.register()
         authorise(app, CONNECTION)

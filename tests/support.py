@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from arsync.demo import write_sandbox_config
+from connectors.quickbooks.sandbox import QuickBooksSandbox
+
 PG_URL = os.environ.get("ARSYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -77,32 +80,16 @@ def database_url(kind: str, tmp_path: Path) -> Iterator[str]:
         yield from postgres_schema_url()
 
 
-def sandbox_config(tmp_path: Path, sandbox: object, database_url: str, name: str = "acme-qbo", **extra: object) -> Path:
-    """A config file pointing one QuickBooks connection at a running sandbox."""
-    (tmp_path / "credentials.toml").write_text(
-        f'[connections.{name}]\nclient_id = "{sandbox.client_id}"\nclient_secret = "{sandbox.client_secret}"\n'  # type: ignore[attr-defined]
+def sandbox_config(
+    folder: Path, sandbox: QuickBooksSandbox, database_url: str, name: str = "acme-qbo", **extra: object
+) -> Path:
+    """A config file pointing one QuickBooks connection of tenant ``acme`` at a running sandbox."""
+    return write_sandbox_config(
+        folder,
+        sandbox,
+        database_url=database_url,
+        connection=name,
+        tenant="acme",
+        display_name="Acme Plumbing",
+        extra=extra,
     )
-    lines = "".join(f"{k} = {v!r}\n" if isinstance(v, str) else f"{k} = {v}\n" for k, v in extra.items())
-    path = tmp_path / "arsync.toml"
-    path.write_text(
-        f"""[database]
-url = "{database_url}"
-
-[credentials]
-file = "credentials.toml"
-
-[tenants.acme]
-display_name = "Acme Plumbing"
-timezone = "America/Chicago"
-home_currency = "USD"
-
-[tenants.acme.connections.{name}]
-kind = "quickbooks"
-environment = "sandbox"
-redirect_uri = "http://127.0.0.1:8765/callback"
-base_url = "{sandbox.api_base}"
-token_url = "{sandbox.token_url}"
-discovery_url = "{sandbox.discovery_url}"
-{lines}"""  # type: ignore[attr-defined]
-    )
-    return path

@@ -462,6 +462,13 @@ def _applications(obj: Mapping[str, Any], where: str) -> tuple[PaymentApplicatio
     return tuple(result)
 
 
+def _document_status(obj: Mapping[str, Any], total: Decimal, left: Decimal) -> DocumentStatus:
+    """Void (zero total with the "Voided" note), open while money is left to apply, else applied."""
+    if total == 0 and _is_void_note(obj):
+        return DocumentStatus.VOID
+    return DocumentStatus.OPEN if left > 0 else DocumentStatus.APPLIED
+
+
 def map_payment(connection: str, obj: Mapping[str, Any], *, home_currency: str = "USD") -> PaymentRecord:
     """A QuickBooks ``Payment`` (received from a customer) as a :class:`PaymentRecord`.
 
@@ -484,12 +491,7 @@ def map_payment(connection: str, obj: Mapping[str, Any], *, home_currency: str =
         raise MappingError(f"{where}: UnappliedAmt missing")
     if unapplied > total:
         raise MappingError(f"{where}: UnappliedAmt {unapplied} exceeds TotalAmt {total}")
-    if total == 0 and _is_void_note(obj):
-        status = DocumentStatus.VOID
-    elif unapplied > 0:
-        status = DocumentStatus.OPEN
-    else:
-        status = DocumentStatus.APPLIED
+    status = _document_status(obj, total, unapplied)
     currency = _currency(obj, where, home_currency)
     assert currency is not None
     return PaymentRecord(
@@ -528,12 +530,7 @@ def map_credit_memo(connection: str, obj: Mapping[str, Any], *, home_currency: s
     _opt_amount(obj, "Balance", where)  # validated even when RemainingCredit wins
     if remaining > total:
         raise MappingError(f"{where}: RemainingCredit {remaining} exceeds TotalAmt {total}")
-    if total == 0 and _is_void_note(obj):
-        status = DocumentStatus.VOID
-    elif remaining > 0:
-        status = DocumentStatus.OPEN
-    else:
-        status = DocumentStatus.APPLIED
+    status = _document_status(obj, total, remaining)
     currency = _currency(obj, where, home_currency)
     assert currency is not None
     return CreditNoteRecord(
