@@ -12,7 +12,7 @@ amounts. Nothing in this module imports anything outside the standard library.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -101,6 +101,8 @@ class InvoiceRecord:
     status: InvoiceStatus
     lines: tuple[DocumentLine, ...] = ()
     memo: str | None = None
+    currency_rate: Decimal | None = None
+    """Units of home currency per unit of the document's currency, as the source states it."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,9 @@ class PaymentRecord:
     reference: str | None = None
     method: str | None = None
     applications: tuple[PaymentApplication, ...] = ()
+    currency_rate: Decimal | None = None
+    kind: str = "payment"
+    """``payment``, or ``overpayment`` / ``prepayment``: cash received that no invoice has absorbed yet."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,7 @@ class CreditNoteRecord:
     remaining: Decimal
     status: DocumentStatus
     lines: tuple[DocumentLine, ...] = ()
+    currency_rate: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +178,9 @@ class Page:
     """One response's worth of records for one entity.
 
     ``resume`` is an opaque position the source accepts to continue a full
-    pull after this page (``None`` once the pull is complete).
+    pull after this page (``None`` once the pull is complete). In a change
+    feed, ``final`` marks the last page of an entity: the engine moves that
+    entity's cursor with it.
     """
 
     entity: Entity
@@ -180,6 +188,7 @@ class Page:
     quarantined: list[Quarantined] = field(default_factory=list)
     resume: str | None = None
     truncated: bool = False
+    final: bool = True
 
 
 @dataclass(frozen=True)
@@ -202,8 +211,8 @@ class RecordSource(Protocol):
         in a stable order, starting after ``resume``."""
         ...
 
-    def changes(self, entities: Sequence[Entity], since: datetime) -> list[Page]:
-        """Everything changed since ``since``, deletes included, one page per entity.
+    def changes(self, entities: Sequence[Entity], since: datetime) -> Iterable[Page]:
+        """Everything changed since ``since``, deletes included, entity after entity.
 
         A page with ``truncated`` set hit the source's per-response cap; the
         caller must re-read that entity another way."""

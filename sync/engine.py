@@ -227,8 +227,11 @@ class SyncEngine:
                 continue
             with self.sessions.begin() as session:
                 counts = self._apply(session, source.connection, page)
-                self._advance(session, source.connection, page.entity, signpost)
+                if page.final:
+                    self._advance(session, source.connection, page.entity, signpost)
             self._observe(summary, page.entity, counts)
+            if self.stop.is_set() and not page.final:
+                raise SyncInterruptedError()
 
     def _pull(
         self,

@@ -40,6 +40,16 @@ class MoneyType(TypeDecorator[Decimal]):
         return value if isinstance(value, Decimal) else Decimal(value)
 
 
+class RateType(MoneyType):
+    impl = sa.Numeric(24, 10)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(40))
+        return dialect.type_descriptor(sa.Numeric(24, 10, asdecimal=True))
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware in Python, stored as UTC on both databases."""
 
@@ -65,6 +75,11 @@ def money(nullable: bool = False) -> Any:
     if nullable:
         return Field(default=None, sa_type=MoneyType, nullable=True)
     return Field(sa_type=MoneyType, nullable=False)
+
+
+def rate() -> Any:
+    """An exchange rate: a decimal with more places than money."""
+    return Field(default=None, sa_type=RateType, nullable=True)
 
 
 def utc(nullable: bool = True, index: bool = False) -> Any:
@@ -154,6 +169,7 @@ class Invoice(_Synced, table=True):
     balance: Decimal = money()
     status: str = Field(max_length=20)
     memo: str | None = None
+    currency_rate: Decimal | None = rate()
 
 
 class Payment(_Synced, table=True):
@@ -168,6 +184,8 @@ class Payment(_Synced, table=True):
     status: str = Field(max_length=20)
     reference: str | None = None
     method: str | None = None
+    currency_rate: Decimal | None = rate()
+    kind: str = Field(default="payment", max_length=20)
 
 
 class PaymentApplication(SQLModel, table=True):
@@ -191,6 +209,7 @@ class CreditNote(_Synced, table=True):
     total: Decimal = money()
     remaining: Decimal = money()
     status: str = Field(max_length=20)
+    currency_rate: Decimal | None = rate()
 
 
 class DocumentLine(SQLModel, table=True):

@@ -98,6 +98,7 @@ def _row_values(record: Record) -> dict[str, Any]:
                 "balance": record.balance,
                 "status": record.status.value,
                 "memo": record.memo,
+                "currency_rate": record.currency_rate,
             }
         case PaymentRecord():
             return base | {
@@ -110,6 +111,8 @@ def _row_values(record: Record) -> dict[str, Any]:
                 "status": record.status.value,
                 "reference": record.reference,
                 "method": record.method,
+                "currency_rate": record.currency_rate,
+                "kind": record.kind,
             }
         case CreditNoteRecord():
             return base | {
@@ -121,6 +124,7 @@ def _row_values(record: Record) -> dict[str, Any]:
                 "total": record.total,
                 "remaining": record.remaining,
                 "status": record.status.value,
+                "currency_rate": record.currency_rate,
             }
     raise TypeError(f"not a storable record: {record!r}")
 

@@ -247,3 +247,14 @@ def test_a_lease_held_by_a_dead_process_here_is_taken_over(sessions: sessionmake
         lease.acquire(s, "c1", f"{socket.gethostname()}:{dead.stdout.strip()}", T0)
     with sessions.begin() as s:
         lease.acquire(s, "c1", lease.this_process(), T0 + timedelta(seconds=1))
+
+
+def test_the_migrations_build_exactly_the_models(sessions: sessionmaker[Session]) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    engine = sessions.kw["bind"]
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert differences == []
