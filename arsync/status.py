@@ -30,6 +30,7 @@ class ConnectionStatus:
     quarantined: int
     access_expires_at: datetime | None
     refresh_expires_at: datetime | None
+    parked_until: datetime | None
 
 
 def connection_status(session: Session, name: str, tenant: str) -> ConnectionStatus:
@@ -80,6 +81,7 @@ def connection_status(session: Session, name: str, tenant: str) -> ConnectionSta
         quarantined=quarantined,
         access_expires_at=row.access_expires_at if row else None,
         refresh_expires_at=row.refresh_expires_at if row else None,
+        parked_until=row.parked_until if row else None,
     )
 
 
@@ -100,6 +102,8 @@ def render_status(session: Session, config: Config, now: datetime) -> Group:
         state = s.state if not s.reason else f"{s.state}: {s.reason}"
         if s.state == "needs_reauth":
             state = f"[bold red]NEEDS RE-AUTHORISATION[/]: {s.reason}\nrun `arsync connect {conn.name}`"
+        if s.parked_until is not None and s.parked_until > now:
+            state += f"\n[bold yellow]PARKED[/] by the vendor's rate limit until {_when(s.parked_until, now)}"
         run = "never"
         if s.last_run is not None:
             r = s.last_run

@@ -175,6 +175,7 @@ class HttpTransport(requests.Session):
         max_attempts: int = 6,
         authorize: Callable[[], str] | None = None,
         refresh: Callable[[], None] | None = None,
+        max_wait: float = 300.0,
     ) -> None:
         super().__init__()
         self.classifier = classifier
@@ -185,6 +186,8 @@ class HttpTransport(requests.Session):
         self.max_attempts = max_attempts
         self.authorize = authorize
         self.refresh = refresh
+        self.max_wait = max_wait
+        """A rate limit asking for a longer wait is raised at once: the caller parks instead of sleeping."""
         self.stats = CallStats()
         self._stats_lock = threading.Lock()
 
@@ -200,9 +203,7 @@ class HttpTransport(requests.Session):
             return error.wait
         return compute_backoff(state.attempt_number)
 
-    def request(
-        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
-    ) -> requests.Response:
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.default_timeout)
         retrying = Retrying(
             sleep=self.sleeper,
@@ -251,8 +252,11 @@ class HttpTransport(requests.Session):
                 wait = verdict.retry_after
                 if wait is None:
                     wait = 60.0
+                limited = RateLimitedError(f"{where}: {verdict.message}", wait)
+                if wait > self.max_wait:
+                    raise limited
                 self.budget.pause_until(self.clock().timestamp() + wait)
-                raise _Retry(RateLimitedError(f"{where}: {verdict.message}", wait), 0.0)
+                raise _Retry(limited, 0.0)
             case Resolution.REFRESH_TOKEN_THEN_RETRY:
                 if self.refresh is None:
                     raise ReauthRequiredError(f"{where}: {verdict.message}")

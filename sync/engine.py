@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
-from connectors.base import Clock, ConnectorError, Entity, Page, RecordSource, Window
+from connectors.base import Clock, ConnectorError, Entity, Page, RateLimitedError, RecordSource, Window
 from sync import lease
-from sync.models import PullProgress, SyncCursor, SyncRun
+from sync.models import Connection, PullProgress, SyncCursor, SyncRun
 from sync.store import (
     ApplyCounts,
     apply_page,
@@ -36,6 +36,10 @@ from sync.store import (
 )
 
 FULL, CATCHUP, BACKFILL = "full", "catchup", "backfill"
+
+
+class _ParkedError(Exception):
+    """The connection waits out a long rate limit (a vendor's daily quota)."""
 
 
 class SyncInterruptedError(Exception):
@@ -132,9 +136,10 @@ class SyncEngine:
             summary = RunSummary(source.connection, kind, run.id)
         try:
             with self.sessions.begin() as session:
+                self._check_parked(session, source.connection)
                 lease.acquire(session, source.connection, self.owner, self.clock())
-        except lease.LeaseHeldError as exc:
-            summary.status, summary.error = "skipped", str(exc)
+        except (lease.LeaseHeldError, _ParkedError) as exc:
+            summary.status, summary.error = ("parked" if isinstance(exc, _ParkedError) else "skipped"), str(exc)
             self._finish(summary, release=False)
             return summary
         try:
@@ -143,6 +148,11 @@ class SyncEngine:
         except SyncInterruptedError:
             summary.status = "interrupted"
             summary.error = "stopped on request; resumes from the last committed page"
+        except RateLimitedError as exc:
+            until = self.clock() + timedelta(seconds=exc.retry_after or 60.0)
+            self._park(source.connection, until)
+            summary.status = "parked"
+            summary.error = f"rate limited until {until:%Y-%m-%d %H:%M} UTC, resumes then: {exc}"
         except ConnectorError as exc:
             summary.status = "failed"
             summary.error = f"{type(exc).__name__} ({exc.actor}): {exc}"
@@ -154,6 +164,20 @@ class SyncEngine:
             summary.api_calls = source.api_calls() - calls_before
             self._finish(summary, release=True)
         return summary
+
+    def _check_parked(self, session: Session, connection: str) -> None:
+        row = session.get(Connection, connection)
+        now = self.clock()
+        if row is not None and row.parked_until is not None and row.parked_until > now:
+            raise _ParkedError(
+                f"{connection}: parked by the vendor's rate limit until {row.parked_until:%Y-%m-%d %H:%M} UTC"
+            )
+
+    def _park(self, connection: str, until: datetime) -> None:
+        with self.sessions.begin() as session:
+            row = session.get(Connection, connection)
+            if row is not None:
+                row.parked_until = until
 
     def _finish(self, summary: RunSummary, *, release: bool) -> None:
         total = summary.total()

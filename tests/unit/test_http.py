@@ -166,3 +166,13 @@ def test_connection_refused_is_retried(clock: FakeClock) -> None:
     with pytest.raises(RetriableError):
         t.get("http://127.0.0.1:9/")
     assert t.stats.requests == 4
+
+
+def test_a_long_rate_limit_is_raised_at_once_for_the_caller_to_park(server: str, clock: FakeClock) -> None:
+    _Handler.script = [(429, {})]
+    t = transport(clock)
+    t.max_wait = 10.0
+    with pytest.raises(RateLimitedError) as caught:
+        t.get(server)
+    assert caught.value.retry_after == 30.0
+    assert clock.slept == [] and len(_Handler.seen_auth) == 1
