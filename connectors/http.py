@@ -89,15 +89,24 @@ class RateBudget:
         *,
         per_second: int | None = None,
         per_minute: int | None = None,
+        per_day: int | None = None,
         concurrent: int | None = None,
+        parent: RateBudget | None = None,
+        max_wait: float = 300.0,
     ) -> None:
         self._clock = clock
+        self.parent = parent
+        """A budget shared with other connections (a vendor's per-app limit), taken after this one."""
         self._sleeper = sleeper
         self._limits: list[tuple[float, int]] = []
         if per_second:
             self._limits.append((1.0, per_second))
         if per_minute:
             self._limits.append((60.0, per_minute))
+        if per_day:
+            self._limits.append((86400.0, per_day))
+        self.max_wait = max_wait
+        """A wait longer than this is not slept: ``acquire`` raises ``RateLimitedError`` for the caller to park."""
         self._sent: deque[float] = deque()
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(concurrent) if concurrent else None
@@ -132,10 +141,18 @@ class RateBudget:
                 wait = self.wait_needed(now)
                 if wait <= 0:
                     self._sent.append(now)
-                    return
+                    break
+            if wait > self.max_wait:
+                if self._slots is not None:
+                    self._slots.release()
+                raise RateLimitedError(f"own budget exhausted for {wait:.0f}s", wait)
             self._sleeper(wait)
+        if self.parent is not None:
+            self.parent.acquire()
 
     def release(self) -> None:
+        if self.parent is not None:
+            self.parent.release()
         if self._slots is not None:
             self._slots.release()
 

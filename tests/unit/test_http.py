@@ -176,3 +176,25 @@ def test_a_long_rate_limit_is_raised_at_once_for_the_caller_to_park(server: str,
         t.get(server)
     assert caught.value.retry_after == 30.0
     assert clock.slept == [] and len(_Handler.seen_auth) == 1
+
+
+def test_a_shared_app_budget_paces_every_connection(clock: FakeClock) -> None:
+    app = RateBudget(clock, clock.sleep, per_minute=5)
+    first = RateBudget(clock, clock.sleep, per_minute=60, parent=app)
+    second = RateBudget(clock, clock.sleep, per_minute=60, parent=app)
+    start = clock()
+    for budget in (first, second, first, second, first, second):
+        budget.acquire()
+        budget.release()
+    assert clock() - start >= timedelta(seconds=60)
+
+
+def test_a_day_budget_raises_instead_of_sleeping_for_hours(clock: FakeClock) -> None:
+    budget = RateBudget(clock, clock.sleep, per_minute=60, per_day=3)
+    for _ in range(3):
+        budget.acquire()
+        budget.release()
+    with pytest.raises(RateLimitedError) as caught:
+        budget.acquire()
+    assert caught.value.retry_after is not None and caught.value.retry_after > 80000
+    assert sum(clock.slept) < 60
