@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, NamedTuple, NoReturn, TypeVar
+from typing import Annotated, Any, Final, Literal, NamedTuple, NoReturn, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -49,6 +49,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "ConfigProblem",
+    "ConnectionConfig",
     "DaemonConfig",
     "DatabaseConfig",
     "QuickBooksConnectionConfig",
@@ -56,13 +57,15 @@ __all__ = [
     "Secret",
     "TenantConfig",
     "UnknownConnectionError",
+    "XeroConnectionConfig",
+    "XeroRateLimitConfig",
     "default_config",
     "load_config",
 ]
 
 Entity = Literal["customer", "invoice", "payment", "credit_note"]
 ENTITIES: Final[tuple[Entity, ...]] = typing.get_args(Entity)
-KNOWN_KINDS: Final[tuple[str, ...]] = ("quickbooks",)
+KNOWN_KINDS: Final[tuple[str, ...]] = ("quickbooks", "xero")
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///arsync.db"
 QUICKBOOKS_API_BASE: Final = {
@@ -70,12 +73,27 @@ QUICKBOOKS_API_BASE: Final = {
     "sandbox": "https://sandbox-quickbooks.api.intuit.com/v3",
 }
 QUICKBOOKS_TOKEN_URL: Final = "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer"
+XERO_API_BASE: Final = "https://api.xero.com/api.xro/2.0"
+XERO_IDENTITY_BASE: Final = "https://api.xero.com"  # serves GET /connections
+XERO_TOKEN_URL: Final = "https://identity.xero.com/connect/token"
+XERO_AUTHORIZE_URL: Final = "https://login.xero.com/identity/connect/authorize"
+# offline_access is what makes Xero issue a refresh token; the daemon cannot work without it.
+XERO_SCOPES: Final[tuple[str, ...]] = (
+    "offline_access",
+    "accounting.transactions",
+    "accounting.contacts",
+    "accounting.settings.read",
+)
+XERO_MAX_PAGE_SIZE: Final = 1000
 
 _NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-# Upper case only: an Intuit client id or secret is mixed case, so a secret pasted
-# into a ``*_env`` key by mistake is refused here and never echoed back as a "name".
+# Upper case only: Intuit client ids and secrets and Xero client secrets are mixed case,
+# so a secret pasted into a ``*_env`` key by mistake is refused here and never echoed
+# back as a "name".
 _ENV_NAME_RE: Final = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _CURRENCY_RE: Final = re.compile(r"^[A-Z]{3}$")
+_UUID_RE: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+_SCOPE_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
 _MASK: Final = "********"
 
 
@@ -217,12 +235,74 @@ class QuickBooksConnectionConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class XeroRateLimitConfig:
+    """Per-connection request budget; the defaults are Xero's published limits.
+
+    ``per_minute``, ``per_day`` and ``concurrent`` apply per organisation (tenant);
+    ``app_per_minute`` is shared by every organisation the app is connected to.
+    """
+
+    per_minute: int = 60
+    per_day: int = 5000
+    concurrent: int = 5
+    app_per_minute: int = 10000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class XeroConnectionConfig:
+    name: str
+    tenant: str
+    client_id: Secret
+    client_secret: Secret
+    redirect_uri: str
+    kind: Literal["xero"] = "xero"
+    # The organisation's tenantId (a lower-case UUID); None until `arsync connect` picks it.
+    xero_tenant_id: str | None = None
+    scopes: tuple[str, ...] = XERO_SCOPES
+    base_url: str | None = None
+    identity_url: str | None = None
+    token_url: str | None = None
+    authorize_url: str | None = None
+    sync_interval_minutes: int = 15
+    entities: tuple[str, ...] = ENTITIES
+    overlap_seconds: int = 300
+    delete_guard_ratio: float = 0.5
+    timeout_seconds: float = 60.0
+    page_size: int = XERO_MAX_PAGE_SIZE
+    rate_limit: XeroRateLimitConfig = field(default_factory=XeroRateLimitConfig)
+
+    @property
+    def api_base(self) -> str:
+        """Accounting API root including ``/api.xro/2.0`` (the override, else Xero's)."""
+        return self.base_url or XERO_API_BASE
+
+    @property
+    def identity_base(self) -> str:
+        """Root of the endpoint that lists authorised organisations (``/connections``)."""
+        return self.identity_url or XERO_IDENTITY_BASE
+
+    @property
+    def token_endpoint(self) -> str:
+        """OAuth token endpoint (the override, else Xero's)."""
+        return self.token_url or XERO_TOKEN_URL
+
+    @property
+    def authorize_endpoint(self) -> str:
+        """OAuth authorisation (consent) endpoint (the override, else Xero's)."""
+        return self.authorize_url or XERO_AUTHORIZE_URL
+
+
+ConnectionConfig: TypeAlias = QuickBooksConnectionConfig | XeroConnectionConfig
+"""Any configured connection; tell them apart by ``kind`` (or ``isinstance``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TenantConfig:
     name: str
     display_name: str
     timezone: str
     home_currency: str
-    connections: tuple[QuickBooksConnectionConfig, ...] = ()
+    connections: tuple[ConnectionConfig, ...] = ()
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:
@@ -257,11 +337,11 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     tenants: tuple[TenantConfig, ...] = ()
 
-    def connections(self) -> tuple[QuickBooksConnectionConfig, ...]:
+    def connections(self) -> tuple[ConnectionConfig, ...]:
         """Every connection of every tenant, in file order."""
         return tuple(conn for tenant in self.tenants for conn in tenant.connections)
 
-    def connection(self, name: str) -> QuickBooksConnectionConfig:
+    def connection(self, name: str) -> ConnectionConfig:
         for conn in self.connections():
             if conn.name == name:
                 return conn
@@ -384,10 +464,40 @@ class _RawRateLimit(_Section):
         return self
 
 
-class _RawQuickBooks(_Section):
-    kind: Literal["quickbooks"]
-    realm_id: str | None = None
-    environment: Literal["production", "sandbox"] = "production"
+class _RawXeroRateLimit(_Section):
+    per_minute: int = Field(default=60, ge=1)
+    per_day: int = Field(default=5000, ge=1)
+    concurrent: int = Field(default=5, ge=1)
+    app_per_minute: int = Field(default=10000, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _RawXeroRateLimit:
+        if self.per_day < self.per_minute:
+            raise ValueError(f"per_day ({self.per_day}) must be at least per_minute ({self.per_minute})")
+        if self.app_per_minute < self.per_minute:
+            raise ValueError(
+                f"app_per_minute ({self.app_per_minute}) must be at least per_minute ({self.per_minute})"
+            )
+        return self
+
+
+def _check_scope(value: str) -> str:
+    if not _SCOPE_RE.fullmatch(value):
+        parts = value.split()
+        if len(parts) > 1 and all(_SCOPE_RE.fullmatch(part) for part in parts):
+            listed = ", ".join(f'"{part}"' for part in parts)
+            raise ValueError(f"must hold one scope per array item, e.g. scopes = [{listed}]")
+        raise ValueError(f"is not an OAuth scope name such as 'accounting.transactions' (got {value!r})")
+    return value
+
+
+_Scope = Annotated[str, AfterValidator(_check_scope)]
+
+
+class _RawConnection(_Section):
+    """Keys every connection kind has; each kind's model adds its own."""
+
+    kind: str
     client_id: _NonBlank | None = None
     client_id_env: _EnvName | None = None
     # Refused when present (see _Loader._connection); typed ``object`` so that its
@@ -397,21 +507,11 @@ class _RawQuickBooks(_Section):
     redirect_uri: _HttpUrl
     base_url: _HttpUrl | None = None
     token_url: _HttpUrl | None = None
-    discovery_url: _HttpUrl | None = None
     sync_interval_minutes: int = Field(default=15, ge=1)
     entities: list[Entity] = Field(default_factory=lambda: list(ENTITIES), min_length=1)
     overlap_seconds: int = Field(default=300, ge=0)
     delete_guard_ratio: float = Field(default=0.5, ge=0, le=1)
-    minor_version: int = Field(default=75, ge=1)
     timeout_seconds: float = Field(default=60.0, gt=0)
-    rate_limit: _RawRateLimit = Field(default_factory=_RawRateLimit)
-
-    @field_validator("realm_id")
-    @classmethod
-    def _realm(cls, value: str | None) -> str | None:
-        if value is not None and not value.isdigit():
-            raise ValueError(f"must be the QuickBooks company ID, digits only (got {value!r})")
-        return value
 
     @field_validator("entities")
     @classmethod
@@ -422,7 +522,81 @@ class _RawQuickBooks(_Section):
         return value
 
 
-_KIND_MODELS: Final[dict[str, type[BaseModel]]] = {"quickbooks": _RawQuickBooks}
+class _RawQuickBooks(_RawConnection):
+    kind: Literal["quickbooks"]
+    realm_id: str | None = None
+    environment: Literal["production", "sandbox"] = "production"
+    discovery_url: _HttpUrl | None = None
+    minor_version: int = Field(default=75, ge=1)
+    rate_limit: _RawRateLimit = Field(default_factory=_RawRateLimit)
+
+    @field_validator("realm_id")
+    @classmethod
+    def _realm(cls, value: str | None) -> str | None:
+        if value is not None and not value.isdigit():
+            raise ValueError(f"must be the QuickBooks company ID, digits only (got {value!r})")
+        return value
+
+
+class _RawXero(_RawConnection):
+    kind: Literal["xero"]
+    xero_tenant_id: str | None = None
+    scopes: list[_Scope] = Field(default_factory=lambda: list(XERO_SCOPES), min_length=1)
+    identity_url: _HttpUrl | None = None
+    authorize_url: _HttpUrl | None = None
+    page_size: int = Field(default=XERO_MAX_PAGE_SIZE, ge=1, le=XERO_MAX_PAGE_SIZE)
+    rate_limit: _RawXeroRateLimit = Field(default_factory=_RawXeroRateLimit)
+
+    @field_validator("xero_tenant_id")
+    @classmethod
+    def _tenant_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _UUID_RE.fullmatch(value):
+            raise ValueError(
+                "must be the organisation's Xero tenantId, a UUID such as"
+                f" '4a1d3f6e-8c2b-4e5f-9a7d-1b2c3d4e5f60' (got {value!r}); leave it out until"
+                " `arsync connect` has picked the organisation"
+            )
+        return value.lower()
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: list[str]) -> list[str]:
+        twice = sorted({s for s in value if value.count(s) > 1})
+        if twice:
+            raise ValueError(f"lists {', '.join(twice)} more than once")
+        if "offline_access" not in value:
+            raise ValueError("must include 'offline_access' (without it Xero issues no refresh token)")
+        return value
+
+
+_KIND_MODELS: Final[dict[str, type[_RawQuickBooks] | type[_RawXero]]] = {
+    "quickbooks": _RawQuickBooks,
+    "xero": _RawXero,
+}
+
+
+class _KindKeys(NamedTuple):
+    """For a model that exists once per kind: its kind, the other kind's model, and
+    which of the other kind's keys has an equivalent here (for did-you-mean)."""
+
+    kind: str
+    other_kind: str
+    other: type[BaseModel]
+    counterparts: Mapping[str, str]
+
+
+_KIND_KEYS: Final[dict[type[BaseModel], _KindKeys]] = {
+    _RawQuickBooks: _KindKeys(
+        "quickbooks", "xero", _RawXero, {"xero_tenant_id": "realm_id", "authorize_url": "discovery_url"}
+    ),
+    _RawXero: _KindKeys(
+        "xero", "quickbooks", _RawQuickBooks, {"realm_id": "xero_tenant_id", "discovery_url": "authorize_url"}
+    ),
+    _RawRateLimit: _KindKeys("quickbooks", "xero", _RawXeroRateLimit, {}),
+    _RawXeroRateLimit: _KindKeys("xero", "quickbooks", _RawRateLimit, {"per_second": "per_minute"}),
+}
 
 
 class _RawCredentialEntry(_Section):
@@ -526,12 +700,22 @@ def _unknown_key(model: type[BaseModel], loc: Sequence[str | int]) -> str:
     key = str(loc[-1])
     parent = _model_at(model, loc[:-1])
     known = list(parent.model_fields) if parent else []
+    kinds = _KIND_KEYS.get(parent) if parent else None
+    text = f"unknown key {key!r}"
+    if kinds is not None:
+        text += f" for a {kinds.kind!r} connection"
+        if key in kinds.other.model_fields:
+            text += f" (it applies only to {kinds.other_kind!r} connections"
+            counterpart = kinds.counterparts.get(key)
+            if counterpart is not None:
+                return f"{text}; did you mean {counterpart!r}?)"
+            return f"{text}); known keys: {', '.join(known)}"
     hint = _did_you_mean(key, known)
     if hint:
-        return f"unknown key {key!r}{hint}"
+        return f"{text}{hint}"
     if known:
-        return f"unknown key {key!r}; known keys: {', '.join(known)}"
-    return f"unknown key {key!r}"
+        return f"{text}; known keys: {', '.join(known)}"
+    return text
 
 
 def _message(error: Mapping[str, Any], model: type[BaseModel]) -> str:
@@ -795,7 +979,7 @@ class _Loader:
                 "tenant names may use only lower-case letters, digits, '-' and '_', starting with a letter or digit",
             )
         raw = self.validate(_RawTenant, body, prefix)
-        connections: list[QuickBooksConnectionConfig] = []
+        connections: list[ConnectionConfig] = []
         conns = body.get("connections", {}) if isinstance(body, dict) else {}
         if isinstance(conns, dict):
             for conn_name, conn_body in conns.items():
@@ -815,7 +999,7 @@ class _Loader:
 
     def connection(
         self, tenant: str, name: str, body: object, owners: dict[str, str]
-    ) -> QuickBooksConnectionConfig | None:
+    ) -> ConnectionConfig | None:
         prefix: _Loc = ("tenants", tenant, "connections", name)
         ok = True
         if not _NAME_RE.fullmatch(name):
@@ -859,33 +1043,12 @@ class _Loader:
             )
         client_id = self.secret(body, "client_id", prefix, name)
         client_secret = self.secret(body, "client_secret", prefix, name)
-        raw = self.validate(_RawQuickBooks, body, prefix)
+        raw = self.validate(_KIND_MODELS[kind], body, prefix)
         if raw is None or client_id is None or client_secret is None or not ok:
             return None
-        return QuickBooksConnectionConfig(
-            name=name,
-            tenant=tenant,
-            kind=raw.kind,
-            realm_id=raw.realm_id,
-            environment=raw.environment,
-            client_id=client_id,
-            client_secret=client_secret,
-            redirect_uri=raw.redirect_uri,
-            base_url=raw.base_url.rstrip("/") if raw.base_url else None,
-            token_url=raw.token_url,
-            discovery_url=raw.discovery_url,
-            sync_interval_minutes=raw.sync_interval_minutes,
-            entities=tuple(raw.entities),
-            overlap_seconds=raw.overlap_seconds,
-            delete_guard_ratio=raw.delete_guard_ratio,
-            minor_version=raw.minor_version,
-            timeout_seconds=raw.timeout_seconds,
-            rate_limit=RateLimitConfig(
-                per_second=raw.rate_limit.per_second,
-                per_minute=raw.rate_limit.per_minute,
-                concurrent=raw.rate_limit.concurrent,
-            ),
-        )
+        if isinstance(raw, _RawXero):
+            return _xero_connection(raw, name=name, tenant=tenant, client_id=client_id, client_secret=client_secret)
+        return _quickbooks_connection(raw, name=name, tenant=tenant, client_id=client_id, client_secret=client_secret)
 
     def secret(
         self,
@@ -955,6 +1118,66 @@ class _Loader:
                     f"no connection named {name!r} in {self.file}{hint}",
                     file=self.credentials_file,
                 )
+
+
+def _quickbooks_connection(
+    raw: _RawQuickBooks, *, name: str, tenant: str, client_id: Secret, client_secret: Secret
+) -> QuickBooksConnectionConfig:
+    return QuickBooksConnectionConfig(
+        name=name,
+        tenant=tenant,
+        kind=raw.kind,
+        realm_id=raw.realm_id,
+        environment=raw.environment,
+        client_id=client_id,
+        client_secret=client_secret,
+        redirect_uri=raw.redirect_uri,
+        base_url=raw.base_url.rstrip("/") if raw.base_url else None,
+        token_url=raw.token_url,
+        discovery_url=raw.discovery_url,
+        sync_interval_minutes=raw.sync_interval_minutes,
+        entities=tuple(raw.entities),
+        overlap_seconds=raw.overlap_seconds,
+        delete_guard_ratio=raw.delete_guard_ratio,
+        minor_version=raw.minor_version,
+        timeout_seconds=raw.timeout_seconds,
+        rate_limit=RateLimitConfig(
+            per_second=raw.rate_limit.per_second,
+            per_minute=raw.rate_limit.per_minute,
+            concurrent=raw.rate_limit.concurrent,
+        ),
+    )
+
+
+def _xero_connection(
+    raw: _RawXero, *, name: str, tenant: str, client_id: Secret, client_secret: Secret
+) -> XeroConnectionConfig:
+    return XeroConnectionConfig(
+        name=name,
+        tenant=tenant,
+        kind=raw.kind,
+        xero_tenant_id=raw.xero_tenant_id,
+        client_id=client_id,
+        client_secret=client_secret,
+        redirect_uri=raw.redirect_uri,
+        scopes=tuple(raw.scopes),
+        base_url=raw.base_url.rstrip("/") if raw.base_url else None,
+        identity_url=raw.identity_url.rstrip("/") if raw.identity_url else None,
+        token_url=raw.token_url,
+        authorize_url=raw.authorize_url,
+        sync_interval_minutes=raw.sync_interval_minutes,
+        entities=tuple(raw.entities),
+        overlap_seconds=raw.overlap_seconds,
+        delete_guard_ratio=raw.delete_guard_ratio,
+        timeout_seconds=raw.timeout_seconds,
+        page_size=raw.page_size,
+        rate_limit=XeroRateLimitConfig(
+            per_minute=raw.rate_limit.per_minute,
+            per_day=raw.rate_limit.per_day,
+            concurrent=raw.rate_limit.concurrent,
+            app_per_minute=raw.rate_limit.app_per_minute,
+        ),
+    )
 
 
 def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:

@@ -11,12 +11,15 @@ import pytest
 
 from arsync.config import (
     ENTITIES,
+    KNOWN_KINDS,
     Config,
     ConfigError,
     ConfigProblem,
     QuickBooksConnectionConfig,
     Secret,
     UnknownConnectionError,
+    XeroConnectionConfig,
+    XeroRateLimitConfig,
     default_config,
     load_config,
 )
@@ -26,9 +29,18 @@ EXAMPLE = REPO_ROOT / "config.example.toml"
 
 SECRET = "Zq8-very-secret-client-secret-9xK"
 CLIENT_ID = "ABclientid0123"
-ENV = {"ACME_QBO_ID": CLIENT_ID, "ACME_QBO_SECRET": SECRET}
+XERO_SECRET = "xS3_-another-very-secret-xero-secret-Q7"
+XERO_CLIENT_ID = "0A1B2C3D4E5F60718293A4B5C6D7E8F9"
+XERO_TENANT_ID = "70784a63-d24b-46a9-a4db-0e70a274b056"
+ENV = {
+    "ACME_QBO_ID": CLIENT_ID,
+    "ACME_QBO_SECRET": SECRET,
+    "ACME_XERO_ID": XERO_CLIENT_ID,
+    "ACME_XERO_SECRET": XERO_SECRET,
+}
 
 CONN = "tenants.acme.connections.acme-qbo"
+XCONN = "tenants.acme.connections.acme-xero"
 
 BASE = """\
 [database]
@@ -49,6 +61,25 @@ realm_id = "9341453050000000"
 environment = "production"
 client_id_env = "ACME_QBO_ID"
 client_secret_env = "ACME_QBO_SECRET"
+redirect_uri = "https://example.com/arsync/callback"
+sync_interval_minutes = 15
+"""
+
+
+XERO = """\
+[database]
+url = "sqlite:///arsync.db"
+
+[tenants.acme]
+display_name = "Acme Plumbing Ltd"
+timezone = "Europe/London"
+home_currency = "GBP"
+
+[tenants.acme.connections.acme-xero]
+kind = "xero"
+xero_tenant_id = "70784a63-d24b-46a9-a4db-0e70a274b056"
+client_id_env = "ACME_XERO_ID"
+client_secret_env = "ACME_XERO_SECRET"
 redirect_uri = "https://example.com/arsync/callback"
 sync_interval_minutes = 15
 """
@@ -82,13 +113,25 @@ def by_key(problems: list[ConfigProblem]) -> dict[str, str]:
     return {p.key: p.message for p in problems}
 
 
+def qbo(config: Config, name: str = "acme-qbo") -> QuickBooksConnectionConfig:
+    conn = config.connection(name)
+    assert isinstance(conn, QuickBooksConnectionConfig)
+    return conn
+
+
+def xero(config: Config, name: str = "acme-xero") -> XeroConnectionConfig:
+    conn = config.connection(name)
+    assert isinstance(conn, XeroConnectionConfig)
+    return conn
+
+
 # ----------------------------------------------------------------------------- happy paths
 
 
 def test_example_config_loads_with_the_env_vars_it_names() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     names = re.findall(r'^\s*client_(?:id|secret)_env\s*=\s*"([A-Z0-9_]+)"', text, re.M)
-    assert len(names) >= 4
+    assert len(names) >= 6
     environ = {name: f"dummy-{name.lower()}" for name in names}
 
     config = load_config(EXAMPLE, environ=environ)
@@ -97,13 +140,20 @@ def test_example_config_loads_with_the_env_vars_it_names() -> None:
     assert len(config.tenants) == 2
     assert config.database.url == f"sqlite:///{REPO_ROOT / 'arsync.db'}"
     conns = config.connections()
-    assert len(conns) == 2
-    assert {c.kind for c in conns} == {"quickbooks"}
+    assert len(conns) == 3
+    assert [c.kind for c in conns] == ["quickbooks", "quickbooks", "xero"]
     first = conns[0]
     assert first.tenant == config.tenants[0].name
     assert first.client_secret.reveal() == environ[names[1]]
     assert first.client_id.reveal() == environ[names[0]]
     assert first.api_base == "https://quickbooks.api.intuit.com/v3"
+    xero = conns[2]
+    assert isinstance(xero, XeroConnectionConfig)
+    assert xero.tenant == config.tenants[1].name
+    assert xero.client_id.reveal() == environ[names[4]]
+    assert xero.client_secret.reveal() == environ[names[5]]
+    assert xero.api_base == "https://api.xero.com/api.xro/2.0"
+    assert "offline_access" in xero.scopes
 
 
 def test_minimal_config_values_and_defaults(tmp_path: Path) -> None:
@@ -118,7 +168,7 @@ def test_minimal_config_values_and_defaults(tmp_path: Path) -> None:
         "USD",
     )
     assert tenant.tzinfo.key == "America/Chicago"
-    conn = config.connection("acme-qbo")
+    conn = qbo(config)
     assert conn.tenant == "acme"
     assert conn.realm_id == "9341453050000000"
     assert conn.client_id.reveal() == CLIENT_ID
@@ -137,7 +187,7 @@ def test_minimal_config_values_and_defaults(tmp_path: Path) -> None:
 
 def test_sandbox_defaults_and_overrides(tmp_path: Path) -> None:
     text = edit(BASE, 'environment = "production"', 'environment = "sandbox"')
-    conn = load_config(write(tmp_path / "a", text), environ=ENV).connection("acme-qbo")
+    conn = qbo(load_config(write(tmp_path / "a", text), environ=ENV))
     assert conn.api_base == "https://sandbox-quickbooks.api.intuit.com/v3"
     assert conn.discovery == "sandbox"
 
@@ -148,7 +198,7 @@ def test_sandbox_defaults_and_overrides(tmp_path: Path) -> None:
         'entities = ["invoice", "customer"]\n'
         "[tenants.acme.connections.acme-qbo.rate_limit]\nper_second = 2\n"
     )
-    conn = load_config(write(tmp_path / "b", text), environ=ENV).connection("acme-qbo")
+    conn = qbo(load_config(write(tmp_path / "b", text), environ=ENV))
     assert conn.api_base == "http://127.0.0.1:8081/v3"
     assert conn.discovery == "http://127.0.0.1:8081/.well-known/openid_sandbox_configuration"
     assert conn.token_endpoint == "http://127.0.0.1:8081/oauth2/v1/tokens/bearer"
@@ -447,15 +497,27 @@ def test_tenant_name_must_be_lower_case(tmp_path: Path) -> None:
 
 
 def test_unknown_kind_lists_known_kinds(tmp_path: Path) -> None:
-    problem = only_problem(write(tmp_path, edit(BASE, 'kind = "quickbooks"', 'kind = "xero"')))
+    assert KNOWN_KINDS == ("quickbooks", "xero")
+    path = write(tmp_path, edit(BASE, 'kind = "quickbooks"', 'kind = "sage"'))
+    problem = only_problem(path)
+    assert problem.file == str(path)
     assert problem.key == f"{CONN}.kind"
-    assert "unknown connection kind 'xero'" in problem.message
-    assert "known kinds: quickbooks" in problem.message
+    assert "unknown connection kind 'sage'" in problem.message
+    assert "known kinds: quickbooks, xero" in problem.message
 
     problem = only_problem(write(tmp_path / "b", edit(BASE, 'kind = "quickbooks"\n', "")))
     assert problem.key == f"{CONN}.kind"
     assert "missing" in problem.message
-    assert "quickbooks" in problem.message
+    assert "known kinds: quickbooks, xero" in problem.message
+
+    problem = only_problem(write(tmp_path / "c", edit(XERO, 'kind = "xero"', 'kind = "Xero"')))
+    assert problem.key == f"{XCONN}.kind"
+    assert "did you mean 'xero'" in problem.message
+    assert "known kinds: quickbooks, xero" in problem.message
+
+    problem = only_problem(write(tmp_path / "d", edit(XERO, 'kind = "xero"', "kind = 1")))
+    assert problem.key == f"{XCONN}.kind"
+    assert "unknown connection kind an integer" in problem.message
 
 
 def test_duplicate_connection_names_across_tenants(tmp_path: Path) -> None:
@@ -689,3 +751,272 @@ def test_constructed_connection_config_has_sane_defaults() -> None:
     )
     assert conn.api_base == "https://sandbox-quickbooks.api.intuit.com/v3"
     assert conn.rate_limit.per_minute == 500
+
+
+# ----------------------------------------------------------------------------- xero
+
+
+def test_xero_connection_values_and_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, XERO), environ=ENV)
+    conn = xero(config)
+    assert (conn.name, conn.tenant, conn.kind) == ("acme-xero", "acme", "xero")
+    assert config.tenants[0].connections == (conn,)
+    assert conn.xero_tenant_id == XERO_TENANT_ID
+    assert conn.client_id.reveal() == XERO_CLIENT_ID
+    assert conn.client_secret.reveal() == XERO_SECRET
+    assert conn.redirect_uri == "https://example.com/arsync/callback"
+    assert conn.scopes == (
+        "offline_access",
+        "accounting.transactions",
+        "accounting.contacts",
+        "accounting.settings.read",
+    )
+    assert conn.api_base == "https://api.xero.com/api.xro/2.0"
+    assert conn.identity_base == "https://api.xero.com"
+    assert conn.token_endpoint == "https://identity.xero.com/connect/token"
+    assert conn.authorize_endpoint == "https://login.xero.com/identity/connect/authorize"
+    assert (conn.base_url, conn.identity_url, conn.token_url, conn.authorize_url) == (None, None, None, None)
+    assert conn.sync_interval_minutes == 15
+    assert conn.entities == ENTITIES
+    assert conn.overlap_seconds == 300
+    assert conn.delete_guard_ratio == 0.5
+    assert conn.timeout_seconds == 60
+    assert conn.page_size == 1000
+    assert conn.rate_limit == XeroRateLimitConfig(per_minute=60, per_day=5000, concurrent=5, app_per_minute=10000)
+
+
+def test_xero_connection_with_every_key(tmp_path: Path) -> None:
+    text = edit(XERO, XERO_TENANT_ID, XERO_TENANT_ID.upper())
+    text += (
+        'scopes = ["offline_access", "accounting.transactions.read", "accounting.contacts.read"]\n'
+        'base_url = "http://127.0.0.1:8082/api.xro/2.0/"\n'
+        'identity_url = "http://127.0.0.1:8082/"\n'
+        'token_url = "http://127.0.0.1:8082/connect/token"\n'
+        'authorize_url = "http://127.0.0.1:8082/identity/connect/authorize"\n'
+        'entities = ["invoice", "customer"]\n'
+        "overlap_seconds = 60\n"
+        "delete_guard_ratio = 0.25\n"
+        "timeout_seconds = 12.5\n"
+        "page_size = 100\n"
+        f"[{XCONN}.rate_limit]\n"
+        "per_minute = 30\nper_day = 2000\nconcurrent = 2\napp_per_minute = 5000\n"
+    )
+    conn = xero(load_config(write(tmp_path, text), environ=ENV))
+    assert conn.xero_tenant_id == XERO_TENANT_ID  # normalised to lower case
+    assert conn.scopes == ("offline_access", "accounting.transactions.read", "accounting.contacts.read")
+    assert conn.api_base == "http://127.0.0.1:8082/api.xro/2.0"
+    assert conn.identity_base == "http://127.0.0.1:8082"
+    assert conn.token_endpoint == "http://127.0.0.1:8082/connect/token"
+    assert conn.authorize_endpoint == "http://127.0.0.1:8082/identity/connect/authorize"
+    assert conn.entities == ("invoice", "customer")
+    assert (conn.overlap_seconds, conn.delete_guard_ratio, conn.timeout_seconds) == (60, 0.25, 12.5)
+    assert conn.page_size == 100
+    assert conn.rate_limit == XeroRateLimitConfig(per_minute=30, per_day=2000, concurrent=2, app_per_minute=5000)
+
+
+def test_xero_tenant_id_may_be_left_out_until_connect(tmp_path: Path) -> None:
+    text = edit(XERO, f'xero_tenant_id = "{XERO_TENANT_ID}"\n', "")
+    conn = xero(load_config(write(tmp_path, text), environ=ENV))
+    assert conn.xero_tenant_id is None
+
+
+def test_xero_config_is_frozen(tmp_path: Path) -> None:
+    conn = xero(load_config(write(tmp_path, XERO), environ=ENV))
+    with pytest.raises(AttributeError):
+        conn.page_size = 1  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        conn.rate_limit.per_minute = 1  # type: ignore[misc]
+
+
+def test_quickbooks_and_xero_side_by_side(tmp_path: Path) -> None:
+    xero_part = XERO[XERO.index("[tenants.acme.connections.acme-xero]") :]
+    config = load_config(write(tmp_path, BASE + xero_part), environ=ENV)
+    assert [c.name for c in config.connections()] == ["acme-qbo", "acme-xero"]
+    assert qbo(config).realm_id == "9341453050000000"
+    assert xero(config).xero_tenant_id == XERO_TENANT_ID
+    with pytest.raises(UnknownConnectionError, match="known connections: acme-qbo, acme-xero"):
+        config.connection("acme-sage")
+
+
+def test_constructed_xero_connection_config_has_sane_defaults() -> None:
+    conn = XeroConnectionConfig(
+        name="c",
+        tenant="t",
+        client_id=Secret("i"),
+        client_secret=Secret("s"),
+        redirect_uri="https://example.com/cb",
+    )
+    assert conn.kind == "xero"
+    assert conn.xero_tenant_id is None
+    assert conn.api_base == "https://api.xero.com/api.xro/2.0"
+    assert conn.identity_base == "https://api.xero.com"
+    assert conn.page_size == 1000
+    assert conn.rate_limit.per_day == 5000
+    assert conn.rate_limit.app_per_minute == 10000
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "fragment"),
+    [
+        (f'xero_tenant_id = "{XERO_TENANT_ID}"', 'xero_tenant_id = "acme-ltd"', "xero_tenant_id",
+         "a UUID such as"),
+        (f'xero_tenant_id = "{XERO_TENANT_ID}"', f'xero_tenant_id = "{XERO_TENANT_ID[:-1]}"', "xero_tenant_id",
+         "a UUID such as"),
+        (f'xero_tenant_id = "{XERO_TENANT_ID}"', f'xero_tenant_id = "{{{XERO_TENANT_ID}}}"', "xero_tenant_id",
+         "a UUID such as"),
+        (f'xero_tenant_id = "{XERO_TENANT_ID}"', "xero_tenant_id = 42", "xero_tenant_id",
+         "must be a string, not an integer (put the value in double quotes)"),
+        ("sync_interval_minutes = 15", "page_size = 0", "page_size", "greater than or equal to 1 (got 0)"),
+        ("sync_interval_minutes = 15", "page_size = 1001", "page_size", "less than or equal to 1000 (got 1001)"),
+        ("sync_interval_minutes = 15", 'page_size = "100"', "page_size", "must be an integer, not a string"),
+        ("sync_interval_minutes = 15", 'scopes = ["accounting.transactions"]', "scopes",
+         "must include 'offline_access'"),
+        ("sync_interval_minutes = 15", 'scopes = ["offline_access", "offline_access"]', "scopes",
+         "offline_access more than once"),
+        ("sync_interval_minutes = 15", "scopes = []", "scopes", "must not be empty"),
+        ("sync_interval_minutes = 15", 'scopes = "offline_access"', "scopes", "must be an array, not a string"),
+        ("sync_interval_minutes = 15", 'scopes = ["offline_access accounting.contacts"]', "scopes[0]",
+         'one scope per array item, e.g. scopes = ["offline_access", "accounting.contacts"]'),
+        ("sync_interval_minutes = 15", 'scopes = ["offline_access", ""]', "scopes[1]",
+         "is not an OAuth scope name"),
+        ("sync_interval_minutes = 15", 'identity_url = "api.xero.com"', "identity_url", "http:// or https://"),
+        ("sync_interval_minutes = 15", 'authorize_url = "ftp://login.xero.com"', "authorize_url",
+         "http:// or https://"),
+        ("sync_interval_minutes = 15", 'entities = ["invoice", "bill"]', "entities[1]",
+         "'customer', 'invoice', 'payment' or 'credit_note'"),
+        ("sync_interval_minutes = 15", "rate_limit = { per_minute = 100, per_day = 50 }", "rate_limit",
+         "per_day (50) must be at least per_minute (100)"),
+        ("sync_interval_minutes = 15", "rate_limit = { per_minute = 100, app_per_minute = 50 }", "rate_limit",
+         "app_per_minute (50) must be at least per_minute (100)"),
+        ("sync_interval_minutes = 15", "rate_limit = { concurrent = 0 }", "rate_limit.concurrent",
+         "greater than or equal to 1"),
+        ('redirect_uri = "https://example.com/arsync/callback"\n', "", "redirect_uri", "missing required key"),
+    ],
+)
+def test_xero_value_problems_name_the_dotted_key(
+    tmp_path: Path, old: str, new: str, key: str, fragment: str
+) -> None:
+    path = write(tmp_path, edit(XERO, old, new))
+    problem = only_problem(path)
+    assert problem.file == str(path)
+    assert problem.key == f"{XCONN}.{key}"
+    assert fragment in problem.message
+
+
+@pytest.mark.parametrize(
+    ("base", "line", "key", "fragments"),
+    [
+        (XERO, 'realm_id = "9341453050000000"', f"{XCONN}.realm_id",
+         ["unknown key 'realm_id' for a 'xero' connection", "only to 'quickbooks' connections",
+          "did you mean 'xero_tenant_id'?"]),
+        (XERO, 'environment = "sandbox"', f"{XCONN}.environment",
+         ["unknown key 'environment' for a 'xero' connection", "only to 'quickbooks' connections",
+          "known keys:", "xero_tenant_id"]),
+        (XERO, "minor_version = 75", f"{XCONN}.minor_version",
+         ["unknown key 'minor_version' for a 'xero' connection", "only to 'quickbooks' connections"]),
+        (XERO, "rate_limit = { per_second = 5 }", f"{XCONN}.rate_limit.per_second",
+         ["unknown key 'per_second' for a 'xero' connection", "did you mean 'per_minute'?"]),
+        (XERO, "sync_intervall_minutes = 5", f"{XCONN}.sync_intervall_minutes",
+         ["unknown key 'sync_intervall_minutes' for a 'xero' connection", "did you mean 'sync_interval_minutes'?"]),
+        (BASE, f'xero_tenant_id = "{XERO_TENANT_ID}"', f"{CONN}.xero_tenant_id",
+         ["unknown key 'xero_tenant_id' for a 'quickbooks' connection", "only to 'xero' connections",
+          "did you mean 'realm_id'?"]),
+        (BASE, "page_size = 100", f"{CONN}.page_size",
+         ["unknown key 'page_size' for a 'quickbooks' connection", "only to 'xero' connections", "known keys:"]),
+        (BASE, 'scopes = ["offline_access"]', f"{CONN}.scopes",
+         ["unknown key 'scopes' for a 'quickbooks' connection", "only to 'xero' connections"]),
+        (BASE, "rate_limit = { per_day = 100 }", f"{CONN}.rate_limit.per_day",
+         ["unknown key 'per_day' for a 'quickbooks' connection", "only to 'xero' connections",
+          "known keys: per_second, per_minute, concurrent"]),
+    ],
+)
+def test_keys_of_the_other_kind_are_unknown_keys(
+    tmp_path: Path, base: str, line: str, key: str, fragments: list[str]
+) -> None:
+    path = write(tmp_path, base + line + "\n")
+    problem = only_problem(path)
+    assert problem.file == str(path)
+    assert problem.key == key
+    for fragment in fragments:
+        assert fragment in problem.message
+
+
+def test_xero_inline_client_secret_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    text = edit(XERO, 'client_secret_env = "ACME_XERO_SECRET"', f'client_secret = "{XERO_SECRET}"')
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ=ENV)
+    (problem,) = caught.value.problems
+    assert problem.file == str(path)
+    assert problem.key == f"{XCONN}.client_secret"
+    assert "environment variable or the credentials file" in problem.message
+    assert XERO_SECRET not in "".join(traceback.format_exception(caught.value))
+    assert XERO_SECRET not in repr(caught.value)
+
+
+def test_xero_unset_environment_variable_is_a_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, XERO)
+    problem = only_problem(path, {"ACME_XERO_ID": XERO_CLIENT_ID})
+    assert problem.file == str(path)
+    assert problem.key == f"{XCONN}.client_secret_env"
+    assert "ACME_XERO_SECRET is not set" in problem.message
+
+
+def test_xero_secrets_from_the_credentials_file(tmp_path: Path) -> None:
+    write(
+        tmp_path / "secrets",
+        f'[connections.acme-xero]\nclient_id = "{XERO_CLIENT_ID}"\nclient_secret = "{XERO_SECRET}"\n',
+        "credentials.toml",
+    )
+    text = edit(XERO, 'client_id_env = "ACME_XERO_ID"\n', "")
+    text = edit(text, 'client_secret_env = "ACME_XERO_SECRET"\n', "")
+    text = edit(text, "[tenants.acme]", '[credentials]\nfile = "secrets/credentials.toml"\n\n[tenants.acme]')
+    conn = load_config(write(tmp_path, text), environ={}).connection("acme-xero")
+    assert conn.client_id.reveal() == XERO_CLIENT_ID
+    assert conn.client_secret.reveal() == XERO_SECRET
+
+
+def test_xero_missing_entry_in_the_credentials_file_names_that_file(tmp_path: Path) -> None:
+    creds = write(tmp_path, f'[connections.acme-xero]\nclient_id = "{XERO_CLIENT_ID}"\n', "credentials.toml")
+    text = edit(XERO, 'client_id_env = "ACME_XERO_ID"\n', "")
+    text = edit(text, 'client_secret_env = "ACME_XERO_SECRET"\n', "")
+    text = edit(text, "[tenants.acme]", '[credentials]\nfile = "credentials.toml"\n\n[tenants.acme]')
+    problem = only_problem(write(tmp_path, text), {})
+    assert problem.file == str(creds)
+    assert problem.key == "connections.acme-xero.client_secret"
+
+
+def test_xero_secret_is_never_printed(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, XERO), environ=ENV)
+    conn = config.connection("acme-xero")
+    for text in (repr(config), str(config), repr(conn), str(conn), f"{conn.client_secret}"):
+        assert XERO_SECRET not in text
+        assert XERO_CLIENT_ID not in text
+
+
+def test_xero_and_quickbooks_problems_are_reported_together(tmp_path: Path) -> None:
+    xero_part = XERO[XERO.index("[tenants.acme.connections.acme-xero]") :]
+    xero_part = edit(xero_part, f'xero_tenant_id = "{XERO_TENANT_ID}"', 'xero_tenant_id = "nope"')
+    xero_part += 'realm_id = "1"\npage_size = 5000\n'
+    text = edit(BASE, 'realm_id = "9341453050000000"', f'xero_tenant_id = "{XERO_TENANT_ID}"') + xero_part
+    path = write(tmp_path, text)
+    problems = problems_of(path)
+    assert {p.file for p in problems} == {str(path)}
+    assert set(by_key(problems)) == {
+        f"{CONN}.xero_tenant_id",
+        f"{XCONN}.xero_tenant_id",
+        f"{XCONN}.realm_id",
+        f"{XCONN}.page_size",
+    }
+
+
+def test_duplicate_connection_names_across_kinds(tmp_path: Path) -> None:
+    text = BASE + (
+        '[tenants.other]\ntimezone = "UTC"\nhome_currency = "EUR"\n'
+        "[tenants.other.connections.acme-qbo]\n"
+        'kind = "xero"\nclient_id_env = "ACME_XERO_ID"\nclient_secret_env = "ACME_XERO_SECRET"\n'
+        'redirect_uri = "https://example.com/cb"\n'
+    )
+    problem = only_problem(write(tmp_path, text))
+    assert problem.key == "tenants.other.connections.acme-qbo"
+    assert "already used by tenant 'acme'" in problem.message
