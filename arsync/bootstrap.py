@@ -11,13 +11,17 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from arsync.clock import real_sleep, utc_now
-from arsync.config import Config, QuickBooksConnectionConfig, load_config
+from arsync.config import Config, QuickBooksConnectionConfig, XeroConnectionConfig, load_config
 from connectors.base import Clock, Entity, Sleeper
+from connectors.http import RateBudget
 from connectors.quickbooks.client import QuickBooksAuth, QuickBooksSettings, QuickBooksSource
+from connectors.xero.client import XeroAuth, XeroSettings, XeroSource
 from sync.db import make_engine, require_migrated
 from sync.engine import PageObserver, SyncEngine, SyncPolicy
 from sync.models import Connection, Tenant
 from sync.tokens import DatabaseTokenStore
+
+Source = QuickBooksSource | XeroSource
 
 
 @dataclass
@@ -28,7 +32,9 @@ class App:
     clock: Clock
     sleeper: Sleeper
     stop: threading.Event = field(default_factory=threading.Event)
-    sources: dict[str, QuickBooksSource] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
+    app_budgets: dict[str, RateBudget] = field(default_factory=dict)
+    """Per OAuth app (client id): Xero's limit across all of an app's organisations."""
 
     def require_migrated(self) -> None:
         require_migrated(self.engine)
@@ -52,8 +58,9 @@ class App:
                         session.add(existing)
                     existing.tenant_id = tenant.name
                     existing.kind = conn.kind
-                    if conn.realm_id:
-                        existing.account_id = conn.realm_id
+                    account = conn.realm_id if isinstance(conn, QuickBooksConnectionConfig) else conn.xero_tenant_id
+                    if account:
+                        existing.account_id = account
 
     def quickbooks_settings(self, conn: QuickBooksConnectionConfig) -> QuickBooksSettings:
         tenant = next(t for t in self.config.tenants if t.name == conn.tenant)
@@ -75,20 +82,53 @@ class App:
             entities=tuple(Entity(e) for e in conn.entities),
         )
 
-    def auth(self, name: str) -> QuickBooksAuth:
-        return QuickBooksAuth(self.quickbooks_settings(self.config.connection(name)), self.clock)
+    def xero_settings(self, conn: XeroConnectionConfig) -> XeroSettings:
+        return XeroSettings(
+            connection=conn.name,
+            client_id=conn.client_id.reveal(),
+            client_secret=conn.client_secret.reveal(),
+            redirect_uri=conn.redirect_uri,
+            api_base=conn.api_base,
+            identity_base=conn.identity_base,
+            token_url=conn.token_endpoint,
+            authorize_url=conn.authorize_endpoint,
+            scopes=conn.scopes,
+            tenant_id=conn.xero_tenant_id,
+            timeout=float(conn.timeout_seconds),
+            per_minute=conn.rate_limit.per_minute,
+            per_day=conn.rate_limit.per_day,
+            concurrent=conn.rate_limit.concurrent,
+            page_size=conn.page_size,
+            entities=tuple(Entity(e) for e in conn.entities),
+        )
+
+    def auth(self, name: str) -> QuickBooksAuth | XeroAuth:
+        conn = self.config.connection(name)
+        if isinstance(conn, XeroConnectionConfig):
+            return XeroAuth(self.xero_settings(conn), self.clock, self.sleeper)
+        return QuickBooksAuth(self.quickbooks_settings(conn), self.clock)
 
     def tokens(self, name: str) -> DatabaseTokenStore:
         return DatabaseTokenStore(self.sessions, name)
 
-    def source(self, name: str) -> QuickBooksSource:
-        """The connection's source, kept for the app's life so its rate budget spans runs."""
+    def source(self, name: str) -> Source:
+        """The connection's source, kept for the app's life so its rate budgets span runs."""
         if name not in self.sources:
-            settings = self.quickbooks_settings(self.config.connection(name))
-            self.sources[name] = QuickBooksSource(
-                settings, self.tokens(name), self.clock, self.sleeper, QuickBooksAuth(settings, self.clock)
-            )
+            conn = self.config.connection(name)
+            self.sources[name] = self._build_source(conn)
         return self.sources[name]
+
+    def _build_source(self, conn: QuickBooksConnectionConfig | XeroConnectionConfig) -> Source:
+        tokens = self.tokens(conn.name)
+        if isinstance(conn, XeroConnectionConfig):
+            settings = self.xero_settings(conn)
+            shared = self.app_budgets.setdefault(
+                settings.client_id,
+                RateBudget(self.clock, self.sleeper, per_minute=conn.rate_limit.app_per_minute),
+            )
+            return XeroSource(settings, tokens, self.clock, self.sleeper, app_budget=shared)
+        qbo = self.quickbooks_settings(conn)
+        return QuickBooksSource(qbo, tokens, self.clock, self.sleeper, QuickBooksAuth(qbo, self.clock))
 
     def sync_engine(self, name: str, on_page: PageObserver | None = None) -> SyncEngine:
         conn = self.config.connection(name)

@@ -7,6 +7,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +19,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from arsync.bootstrap import App, bootstrap
 from arsync.config import ConfigError
 from arsync.status import render_status
-from connectors.base import ConnectorError, Entity
+from connectors.base import ConnectorError, Entity, OAuthTokens
+from connectors.xero.client import XeroAuth, choose_organisation
 from sync.db import DatabaseNotMigratedError, current_revision, head_revision, upgrade
 from sync.engine import RunSummary, SyncEngine
 from sync.store import ApplyCounts
@@ -107,6 +109,10 @@ def connect(
         str | None,
         typer.Option(help="The redirect URL (or code) if already at hand; otherwise asked for."),
     ] = None,
+    organisation: Annotated[
+        str | None,
+        typer.Option(help="Xero: the organisation (tenant id or name) when the grant reaches several."),
+    ] = None,
 ) -> None:
     """Authorise a connection (OAuth2 authorization code) and store its tokens."""
     with _app(config) as application:
@@ -121,6 +127,8 @@ def connect(
             console.print(url, soft_wrap=True, highlight=False)
             pasted = answer or typer.prompt("Redirect URL or code")
             tokens = auth.exchange(pasted, state if "state=" in pasted else None)
+            if isinstance(auth, XeroAuth):
+                tokens = _pick_organisation(auth, tokens, organisation)
         except ConnectorError as exc:
             raise _fail(f"{connection}: {exc}") from None
         application.tokens(connection).save(tokens)
@@ -128,6 +136,18 @@ def connect(
             f"{connection}: connected to company {tokens.account_id}; "
             f"access token valid until {tokens.access_expires_at:%Y-%m-%d %H:%M} UTC"
         )
+
+
+def _pick_organisation(auth: XeroAuth, tokens: OAuthTokens, wanted: str | None) -> OAuthTokens:
+    """Xero grants reach organisations; the connection syncs one of them, asked for when several."""
+    organisations = auth.organisations(tokens.access_token)
+    chosen = choose_organisation(organisations, wanted or tokens.account_id)
+    while chosen is None:
+        for number, org in enumerate(organisations, 1):
+            console.print(f"  {number}. {org.name} ({org.tenant_id})", highlight=False)
+        pick = typer.prompt("Which organisation (number)", type=int)
+        chosen = organisations[pick - 1] if 1 <= pick <= len(organisations) else None
+    return replace(tokens, account_id=chosen.tenant_id)
 
 
 def _progress() -> Progress:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +27,7 @@ from arsync.status import render_status
 from collect.aging import BUCKETS, aging_report
 from connectors.quickbooks.sandbox import QuickBooksSandbox
 from connectors.quickbooks.seed import mutate_some, seed_company
+from connectors.xero.client import XeroAuth, choose_organisation
 from sync.db import upgrade
 from sync.models import Invoice
 from sync.store import TABLES
@@ -85,8 +87,12 @@ def authorise(app: App, name: str) -> None:
     auth = app.auth(name)
     state = secrets.token_urlsafe(16)
     answer = requests.get(auth.authorize_url(state), allow_redirects=False, timeout=10)
-    redirect = answer.headers["Location"]
-    app.tokens(name).save(auth.exchange(redirect, state))
+    tokens = auth.exchange(answer.headers["Location"], state)
+    if isinstance(auth, XeroAuth):
+        chosen = choose_organisation(auth.organisations(tokens.access_token), tokens.account_id)
+        assert chosen is not None, "the demo authorises exactly one organisation"
+        tokens = replace(tokens, account_id=chosen.tenant_id)
+    app.tokens(name).save(tokens)
 
 
 def _matches(sandbox: QuickBooksSandbox, external_id: str, version: str | None, balance: Decimal) -> bool:

@@ -15,7 +15,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import requests
 from intuitlib.client import AuthClient
@@ -37,6 +36,7 @@ from connectors.base import (
     Window,
 )
 from connectors.http import HttpTransport, RateBudget
+from connectors.oauth import read_redirect
 from connectors.quickbooks.faults import make_classifier
 from connectors.quickbooks.mapping import (
     ENTITY_NAMES,
@@ -125,21 +125,8 @@ class QuickBooksAuth:
 
     def exchange(self, answer: str, expected_state: str | None) -> OAuthTokens:
         """Trade the pasted redirect URL (or the bare code) for tokens."""
-        code, realm_id = answer.strip(), self.settings.realm_id
-        if "://" in code or code.startswith("?"):
-            query = parse_qs(urlparse(code).query)
-            if "error" in query:
-                raise FatalError(f"authorization refused: {query['error'][0]}", actor=Actor.CONFIG)
-            state = query.get("state", [None])[0]
-            if expected_state is not None and state != expected_state:
-                raise FatalError(
-                    "the redirect URL's state does not match this authorization: start again",
-                    actor=Actor.CONFIG,
-                )
-            if "code" not in query:
-                raise FatalError("the redirect URL carries no authorization code", actor=Actor.CONFIG)
-            code = query["code"][0]
-            realm_id = query.get("realmId", [realm_id])[0]
+        code, query = read_redirect(answer, expected_state)
+        realm_id = query.get("realmId", [self.settings.realm_id])[0]
         if not realm_id:
             raise FatalError(
                 "no realm id: paste the whole redirect URL (it carries realmId) or set realm_id in the config",
