@@ -364,34 +364,40 @@ class XeroSource:
         response = method(self.tenant_id(), **kwargs)
         return jsonwire.loads(response.data)
 
-    def _pages(
+    def _bodies(
         self, entity: Entity, since: datetime | None, until: datetime | None, resume: str | None
-    ) -> Iterator[Page]:
+    ) -> Iterator[tuple[str, Any, str | None]]:
+        """Each list response of the entity's collections, with the position after it (``None`` at the end)."""
         collections = COLLECTIONS[entity]
         start_collection, start_page = collections[0], 1
         if resume:
             start_collection, _, number = resume.partition(":")
             start_page = int(number)
-        for index, collection in enumerate(collections[collections.index(start_collection) :]):
-            page_no = start_page if index == 0 else 1
+        first = collections.index(start_collection)
+        for index, collection in enumerate(collections[first:], first):
+            page_no = start_page if index == first else 1
             while True:
                 body = self._list(collection, page=page_no, since=since, until=until)
-                try:
-                    records, bad, raw = map_list_response(self.connection, collection, body)
-                except MappingError as exc:
-                    raise FatalError(f"{self.connection}: unreadable {collection} response: {exc}") from exc
-                last_here = raw < self.settings.page_size
-                last_collection = collection == collections[-1]
-                if last_here and last_collection:
-                    resume_at = None
-                elif last_here:
-                    resume_at = f"{collections[collections.index(collection) + 1]}:1"
-                else:
-                    resume_at = f"{collection}:{page_no + 1}"
-                yield Page(entity, records, bad, resume=resume_at, final=resume_at is None)
-                if last_here:
-                    break
-                page_no += 1
+                items = body.get(collection) if isinstance(body, dict) else None
+                if not isinstance(items, list):
+                    raise FatalError(f"{self.connection}: unreadable {collection} response: no {collection} list")
+                if len(items) == self.settings.page_size:
+                    yield collection, body, f"{collection}:{page_no + 1}"
+                    page_no += 1
+                    continue
+                following = collections[index + 1] if index + 1 < len(collections) else None
+                yield collection, body, f"{following}:1" if following else None
+                break
+
+    def _pages(
+        self, entity: Entity, since: datetime | None, until: datetime | None, resume: str | None
+    ) -> Iterator[Page]:
+        for collection, body, position in self._bodies(entity, since, until, resume):
+            try:
+                records, bad, _ = map_list_response(self.connection, collection, body)
+            except MappingError as exc:
+                raise FatalError(f"{self.connection}: unreadable {collection} response: {exc}") from exc
+            yield Page(entity, records, bad, resume=position, final=position is None)
 
     def pull(self, entity: Entity, window: Window, resume: str | None) -> Iterator[Page]:
         return self._pages(entity, window.start, window.end, resume)
@@ -401,8 +407,10 @@ class XeroSource:
             yield from self._pages(entity, since, None, None)
 
     def external_ids(self, entity: Entity) -> Iterator[list[str]]:
-        for page in self._pages(entity, None, None, None):
-            yield [r.external_id for r in page.records]
+        """Ids as Xero lists them, mapped or not: a record that no longer maps is not a deleted one."""
+        for collection, body, _ in self._bodies(entity, None, None, None):
+            field_name = ID_FIELDS[collection]
+            yield [str(item[field_name]) for item in body[collection] if isinstance(item, dict) and field_name in item]
 
     def api_calls(self) -> int:
         return self.transport.stats.requests
