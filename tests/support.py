@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from arsync.demo import write_sandbox_config
+from arsync.sandboxes import quickbooks_connection, write_sandbox_config, xero_connection
 from connectors.quickbooks.sandbox import QuickBooksSandbox
+from connectors.xero.sandbox import XeroSandbox
 
 PG_URL = os.environ.get("ARSYNC_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -84,12 +85,13 @@ def sandbox_config(
     folder: Path, sandbox: QuickBooksSandbox, database_url: str, name: str = "acme-qbo", **extra: object
 ) -> Path:
     """A config file pointing one QuickBooks connection of tenant ``acme`` at a running sandbox."""
-    return write_sandbox_config(
-        folder,
-        sandbox,
-        database_url=database_url,
-        connection=name,
-        tenant="acme",
-        display_name="Acme Plumbing",
-        extra=extra,
-    )
+    connection = quickbooks_connection(sandbox, tenant="acme", tenant_name="Acme Plumbing", name=name)
+    return write_sandbox_config(folder, [connection], database_url=database_url, extra=extra)
+
+
+def xero_config(
+    folder: Path, sandbox: XeroSandbox, database_url: str, name: str = "acme-xero", **extra: object
+) -> Path:
+    """A config file pointing one Xero connection of tenant ``acme`` at a running sandbox."""
+    connection = xero_connection(sandbox, tenant="acme", tenant_name="Acme Plumbing", name=name)
+    return write_sandbox_config(folder, [connection], database_url=database_url, extra=extra)

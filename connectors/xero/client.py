@@ -359,6 +359,8 @@ class XeroSource:
         }
         if conditions:
             kwargs["where"] = " && ".join(conditions)
+        if collection == "Contacts":
+            kwargs["include_archived"] = "true"  # archived customers still owe money and still have history
         if since is not None:
             kwargs["if_modified_since"] = format_if_modified_since(since)
         response = method(self.tenant_id(), **kwargs)

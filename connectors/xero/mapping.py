@@ -39,7 +39,6 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from email.utils import format_datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -234,13 +233,13 @@ def parse_xero_date(value: object) -> date:
 
 
 def format_if_modified_since(dt: datetime) -> str:
-    """``If-Modified-Since`` for ``dt`` in RFC 1123 form (``Thu, 14 Nov 2019 18:10:38 GMT``).
+    """``If-Modified-Since`` for ``dt`` as Xero's spec types it: an RFC 3339 date-time in UTC.
 
-    Sub-seconds are dropped (rounded down), which only widens the window.
+    ``2019-11-14T18:10:38Z``. Sub-seconds are dropped (rounded down), which only widens the window.
     """
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise ValueError("format_if_modified_since needs a timezone-aware datetime")
-    return format_datetime(dt.astimezone(UTC).replace(microsecond=0), usegmt=True)
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def xero_version(value: object) -> str | None:

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from arsync.bootstrap import bootstrap
-from arsync.demo import authorise
+from arsync.sandboxes import authorise
 from connectors.quickbooks.sandbox import QuickBooksSandbox
 from connectors.quickbooks.seed import seed_bulk
 from sync.db import upgrade

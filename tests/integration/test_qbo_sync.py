@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlmodel import col
 
 from arsync.bootstrap import App, bootstrap
-from arsync.demo import authorise
+from arsync.sandboxes import authorise
 from arsync.status import connection_status
 from connectors.base import Entity
 from connectors.quickbooks.sandbox import QuickBooksSandbox
