@@ -126,7 +126,7 @@ def connect(
             console.print("Open this URL, approve access, then paste the URL you were redirected to:")
             console.print(url, soft_wrap=True, highlight=False)
             pasted = answer or typer.prompt("Redirect URL or code")
-            tokens = auth.exchange(pasted, state if "state=" in pasted else None)
+            tokens = auth.exchange(pasted, state)
             if isinstance(auth, XeroAuth):
                 tokens = _pick_organisation(auth, tokens, organisation)
         except ConnectorError as exc:

@@ -10,8 +10,9 @@ from connectors.base import Actor, FatalError
 def read_redirect(answer: str, expected_state: str | None) -> tuple[str, dict[str, list[str]]]:
     """The authorization code and the redirect's query, from a pasted redirect URL or a bare code.
 
-    A redirect carrying ``error`` or the wrong ``state`` is refused with a
-    message for the user.
+    A redirect carrying ``error`` or another authorization's ``state`` is
+    refused with a message for the user. (A pasted redirect without ``state``
+    is accepted: the person pasting it is the one who authorised.)
     """
     text = answer.strip()
     if "://" not in text and not text.startswith("?"):
@@ -19,7 +20,7 @@ def read_redirect(answer: str, expected_state: str | None) -> tuple[str, dict[st
     query = parse_qs(urlparse(text).query)
     if "error" in query:
         raise FatalError(f"authorization refused: {query['error'][0]}", actor=Actor.CONFIG)
-    if expected_state is not None and query.get("state", [None])[0] != expected_state:
+    if expected_state is not None and "state" in query and query["state"][0] != expected_state:
         raise FatalError("the redirect URL's state does not match this authorization: start again", actor=Actor.CONFIG)
     if "code" not in query:
         raise FatalError("the redirect URL carries no authorization code", actor=Actor.CONFIG)

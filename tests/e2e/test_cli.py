@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from arsync.cli import app
 from connectors.quickbooks.sandbox import QuickBooksSandbox
 from connectors.quickbooks.seed import seed_company
+from connectors.xero.sandbox import XeroSandbox
 from sync.db import make_engine
 from sync.models import Invoice
 from tests.support import sandbox_config
@@ -107,3 +108,42 @@ def test_connect_sync_status_backfill(tmp_path: Path, sandbox: QuickBooksSandbox
     assert code == 2 and "--since" in out and "YYYY-MM-DD" in out
     code, out = arsync("sync", "--config", config, "--connection", "nope")
     assert code == 2 and "acme-qbo" in out
+
+
+def test_xero_connect_picks_among_several_organisations(tmp_path: Path) -> None:
+    from sync.models import Connection
+    from tests.support import xero_config
+
+    tenants = [
+        ("1f6d3e52-0c55-4b9a-9d1c-7a8f1b2c3d4e", "North Ltd"),
+        ("9a0b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d", "South Ltd"),
+    ]
+    with XeroSandbox(tenants=tenants) as box:
+        box.start()
+        db = tmp_path / "ledger.db"
+        config = str(xero_config(tmp_path, box, f"sqlite:///{db}"))
+        assert arsync("db", "upgrade", "--config", config)[0] == 0
+
+        def redirect() -> str:
+            first = runner.invoke(app, ["connect", "acme-xero", "--config", config], input="\n")
+            url = next(line for line in first.output.splitlines() if line.startswith("http"))
+            location = requests.get(url, allow_redirects=False, timeout=10).headers["Location"]
+            query = {k: v for k, v in parse_qs(urlparse(location).query).items() if k != "state"}
+            return urlparse(location)._replace(query=urlencode(query, doseq=True)).geturl()
+
+        chosen = runner.invoke(app, ["connect", "acme-xero", "--config", config, "--answer", redirect()], input="2\n")
+        assert chosen.exit_code == 0, chosen.output
+        assert "North Ltd" in chosen.output and "South Ltd" in chosen.output
+        engine = make_engine(f"sqlite:///{db}")
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(Connection.account_id)).scalar_one() == tenants[1][0]
+
+        code, out = arsync(
+            "connect", "acme-xero", "--config", config, "--answer", redirect(), "--organisation", "north ltd"
+        )
+        assert code == 0, out
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(Connection.account_id)).scalar_one() == tenants[0][0]
+        code, out = arsync("connect", "acme-xero", "--config", config, "--answer", redirect(), "--organisation", "West")
+        assert code == 2 and "North Ltd" in out
+        engine.dispose()
