@@ -419,10 +419,19 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _guid(value: Any) -> str:
+    """A GUID in its dashed lower-case form (Xero also parses the 32-hex-digit form)."""
+    text = str(value).strip()
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return text.lower()
+
+
 def _ref_id(ref: Any, key: str) -> str | None:
     if isinstance(ref, Mapping):
         value = ref.get(key)
-        return str(value).lower() if value else None
+        return _guid(value) if value else None
     return None
 
 
@@ -549,7 +558,7 @@ def parse_where(text: str, collection: str) -> Any:
                 expect(("punct", ")"))
                 if inner[0] != "str":
                     raise _query_error("Guid() takes a string")
-                return str(json.loads(inner[1])).lower()
+                return _guid(json.loads(inner[1]))
             if value == "DateTime":
                 if peek() == ("punct", "."):
                     take()
@@ -1036,7 +1045,7 @@ class XeroSandbox:
         self._tenants: dict[str, _Tenant] = {}
         now = self.clock()
         for tenant_id, name in tenants:
-            ident = str(tenant_id).lower()
+            ident = _guid(tenant_id)
             tenant = _Tenant(
                 ident,
                 name,
@@ -1142,7 +1151,7 @@ class XeroSandbox:
         return self._tenant(tenant_id).name
 
     def _tenant(self, tenant_id: str) -> _Tenant:
-        tenant = self._tenants.get(str(tenant_id).lower())
+        tenant = self._tenants.get(_guid(tenant_id))
         if tenant is None:
             raise KeyError(f"unknown tenant {tenant_id!r}; sandbox tenants: {list(self._tenants)}")
         return tenant
@@ -1213,14 +1222,14 @@ class XeroSandbox:
             stamp = _ms(at) if at is not None else self._now_ms()
             day = on.toordinal() if on is not None else None
             with self._batch(tenant):
-                self._allocate(tenant, name, str(source_id).lower(), str(invoice_id).lower(), amount, day, stamp)
+                self._allocate(tenant, name, _guid(source_id), _guid(invoice_id), amount, day, stamp)
             return self._render(tenant, name, self._core(self._row(tenant, name, str(source_id))))
 
     def get(self, tenant_id: str, collection: str, id: str) -> JsonObj | None:
         name = self._collection_name(collection)
         with self._lock:
             tenant = self._tenant(tenant_id)
-            stored = tenant.collections[name].rows.get(str(id).lower())
+            stored = tenant.collections[name].rows.get(_guid(id))
             return None if stored is None else self._render(tenant, name, self._core(stored))
 
     def all(self, tenant_id: str, collection: str) -> list[JsonObj]:
@@ -1263,7 +1272,7 @@ class XeroSandbox:
 
             def compact() -> Iterator[tuple[str, _Stored, int]]:
                 for given, contact, day, due, currency, rate, total, updated, status, kind, ref in rows:
-                    ident = str(given).lower() if given else _new_id()
+                    ident = _guid(given) if given else _new_id()
                     number = f"INV-{tenant.numbers['INV']:05d}"
                     tenant.numbers["INV"] += 1
                     if kind == "ACCREC":
@@ -1335,7 +1344,7 @@ class XeroSandbox:
     # --- internals: storage -------------------------------------------------------------
 
     def _row(self, tenant: _Tenant, name: str, ident: str) -> _Stored:
-        stored = tenant.collections[name].rows.get(ident.lower())
+        stored = tenant.collections[name].rows.get(_guid(ident))
         if stored is None:
             raise KeyError(f"no {_SINGULAR[name]} {ident!r} in tenant {tenant.id}")
         return stored
@@ -1519,7 +1528,17 @@ class XeroSandbox:
             raise XeroValidationError(f"{name} is not a valid date") from None
 
     def _contact_of(self, tenant: _Tenant, obj: Mapping[str, Any]) -> str:
-        ident = _ref_id(obj.get("Contact"), "ContactID")
+        ref = obj.get("Contact")
+        ident = _ref_id(ref, "ContactID")
+        name = str(ref.get("Name") or "").strip() if isinstance(ref, Mapping) else ""
+        if not ident and name:
+            # Xero matches a contact given by name, and creates it when there is none
+            rows = tenant.collections["Contacts"].rows
+            for existing_id, row in rows.items():
+                if isinstance(row, dict) and str(row.get("Name", "")).strip().lower() == name.lower():
+                    return str(existing_id)
+            created = self._create_contact(tenant, {"Name": name}, trusted=False)
+            return str(created["ContactID"])
         if not ident:
             raise XeroValidationError("A Contact must be specified for this type of transaction")
         if ident not in tenant.collections["Contacts"].rows:
@@ -1549,7 +1568,7 @@ class XeroSandbox:
             code = str(raw.get("AccountCode") or "")
             if code and code not in tenant.accounts_by_code:
                 raise XeroValidationError(f"Account code '{code}' is not a valid code for this document.")
-            line: JsonObj = {"LineItemID": str(raw.get("LineItemID") or _new_id()).lower()}
+            line: JsonObj = {"LineItemID": _guid(raw.get("LineItemID") or _new_id())}
             if raw.get("Description") is not None:
                 line["Description"] = str(raw["Description"])
             line["Quantity"] = quantity
@@ -1609,7 +1628,7 @@ class XeroSandbox:
         name = str(obj.get("Name") or "").strip()
         if not name:
             raise XeroValidationError("The contact name must be specified")
-        ident = str(obj.get("ContactID") or _new_id()).lower()
+        ident = _guid(obj.get("ContactID") or _new_id())
         core: JsonObj = {k: v for k, v in obj.items() if k not in ("ContactID", "UpdatedDateUTC")}
         core["ContactID"] = ident
         core["Name"] = name
@@ -1631,7 +1650,7 @@ class XeroSandbox:
             raise XeroValidationError("An account needs a Code, a Name and a Type")
         if code in tenant.accounts_by_code:
             raise XeroValidationError("Please enter a unique Code.")
-        ident = str(obj.get("AccountID") or _new_id()).lower()
+        ident = _guid(obj.get("AccountID") or _new_id())
         core: JsonObj = {"Status": "ACTIVE", "TaxType": "NONE", **obj, "AccountID": ident}
         core["UpdatedDateUTC"] = self._stamp(obj, trusted)
         tenant.accounts_by_code[code] = ident
@@ -1656,7 +1675,7 @@ class XeroSandbox:
         stamp = self._stamp(obj, trusted)
         day = self._day(obj["Date"]) if obj.get("Date") is not None else _EPOCH_ORDINAL + stamp // _DAY_MS
         id_field = ID_FIELDS[name]
-        ident = str(obj.get(id_field) or _new_id()).lower()
+        ident = _guid(obj.get(id_field) or _new_id())
         number_field = "CreditNoteNumber" if credit else "InvoiceNumber"
         number = obj.get(number_field)
         if not number and kind in ("ACCREC", "ACCRECCREDIT"):
@@ -1729,6 +1748,8 @@ class XeroSandbox:
             errors.extend(exc.messages)
             bank = {}
         contact_id: str | None = None
+        # Xero requires a Contact on every bank transaction but the legs of a transfer: the spec
+        # dropped it from ``required`` only for SPEND-TRANSFER (XeroAPI/Xero-OpenAPI#268).
         if kind.endswith("TRANSFER") and obj.get("Contact") is None:
             contact_id = None
         else:
@@ -1752,7 +1773,7 @@ class XeroSandbox:
         currency, rate = self._currency(obj, contact)
         stamp = self._stamp(obj, trusted)
         day = self._day(obj["Date"]) if obj.get("Date") is not None else _EPOCH_ORDINAL + stamp // _DAY_MS
-        ident = str(obj.get("BankTransactionID") or _new_id()).lower()
+        ident = _guid(obj.get("BankTransactionID") or _new_id())
         core: JsonObj = {
             "BankTransactionID": ident,
             "Type": kind,
@@ -1772,7 +1793,7 @@ class XeroSandbox:
         if kind in ("RECEIVE-OVERPAYMENT", "RECEIVE-PREPAYMENT"):
             name = "Overpayments" if kind == "RECEIVE-OVERPAYMENT" else "Prepayments"
             link = ID_FIELDS[name]
-            credit_id = str(obj.get(link) or _new_id()).lower()
+            credit_id = _guid(obj.get(link) or _new_id())
             credit: JsonObj = {
                 link: credit_id,
                 "Type": kind,
@@ -1837,7 +1858,7 @@ class XeroSandbox:
                 True,
             )
             legs[side] = leg["BankTransactionID"]
-        ident = str(obj.get("BankTransferID") or _new_id()).lower()
+        ident = _guid(obj.get("BankTransferID") or _new_id())
         core: JsonObj = {
             "BankTransferID": ident,
             "CreatedDateUTC": stamp,
@@ -1938,7 +1959,7 @@ class XeroSandbox:
             "ACCRECCREDIT": "ARCREDITPAYMENT",
             "ACCPAYCREDIT": "APCREDITPAYMENT",
         }[kind]
-        ident = str(obj.get("PaymentID") or _new_id()).lower()
+        ident = _guid(obj.get("PaymentID") or _new_id())
         bank_amount = _q2(amount / rate) if rate else amount
         core: JsonObj = {
             "PaymentID": ident,
@@ -1990,7 +2011,7 @@ class XeroSandbox:
         return core
 
     def _delete_payment(self, tenant: _Tenant, ident: str) -> JsonObj:
-        stored = tenant.collections["Payments"].rows.get(ident.lower())
+        stored = tenant.collections["Payments"].rows.get(_guid(ident))
         if stored is None:
             raise _not_found()
         payment = self._core(stored)
@@ -2532,9 +2553,9 @@ class XeroSandbox:
         else:
             candidates = list(table.rows)
         statuses = {s.strip().upper() for s in params.get("Statuses", "").split(",") if s.strip()}
-        wanted_ids = {s.strip().lower() for s in params.get("IDs", "").split(",") if s.strip()}
+        wanted_ids = {_guid(s) for s in params.get("IDs", "").split(",") if s.strip()}
         numbers = {s.strip().lower() for s in params.get("InvoiceNumbers", "").split(",") if s.strip()}
-        contacts = {s.strip().lower() for s in params.get("ContactIDs", "").split(",") if s.strip()}
+        contacts = {_guid(s) for s in params.get("ContactIDs", "").split(",") if s.strip()}
         search = params.get("searchTerm", "").strip().lower()
         archived = _truthy(params.get("includeArchived", "false"))
         deleted = _truthy(params.get("includeDeleted", "false"))
@@ -2709,7 +2730,7 @@ class XeroSandbox:
     def _allocations_write(
         self, tenant: _Tenant, name: str, source_id: str, params: dict[str, str], body: bytes
     ) -> _Response:
-        source_id = source_id.lower()
+        source_id = _guid(source_id)
         if source_id not in tenant.collections[name].rows:
             raise _not_found()
 
@@ -3112,7 +3133,7 @@ class XeroSandbox:
         access = self._authenticate(headers, expire=expire)
         if isinstance(access, _Response):
             return access
-        tenant_id = headers.get("xero-tenant-id", "").strip().lower()
+        tenant_id = _guid(headers.get("xero-tenant-id", ""))
         with self._lock:
             tenant = self._tenants.get(tenant_id)
             if tenant is None or not tenant.connected:
@@ -3169,7 +3190,7 @@ class XeroSandbox:
                 return self._list(tenant, name, params, headers)
         if len(segments) == 2 and method == "GET":
             with self._lock:
-                stored = tenant.collections[name].rows.get(segments[1].lower())
+                stored = tenant.collections[name].rows.get(_guid(segments[1]))
                 if stored is None and name == "Invoices":
                     found = self._find_number(tenant, name, "InvoiceNumber", segments[1])
                     stored = found

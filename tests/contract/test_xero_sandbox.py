@@ -19,6 +19,7 @@ import base64
 import copy
 import json
 import re
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -599,7 +600,7 @@ def test_recorded_connections_break_the_identity_spec_date_time_format() -> None
         e for item in body for e in schema_errors(identity_spec(), "Connection", item) if e.validator == "format"
     ]
     assert {tuple(e.absolute_path) for e in raw_errors} == {("createdDateUtc",), ("updatedDateUtc",)}
-    assert [d.name for d in KNOWN_DEVIATIONS] == ["connections-local-timestamps"]
+    assert [d.name for d in KNOWN_DEVIATIONS] == ["connections-local-timestamps", "if-modified-since-forms"]
     headers = recorded_headers(interaction)
     validate_exchange(
         "GET",
@@ -703,18 +704,51 @@ def test_token_endpoint_checks(session: tuple[XeroSandbox, dict[str, Any]]) -> N
 # --- what the spec and real clients disagree on ------------------------------------------------------
 
 
-def test_spec_declares_if_modified_since_as_rfc3339_date_time(session: tuple[XeroSandbox, dict[str, Any]]) -> None:
-    """``If-Modified-Since`` is ``format: date-time`` in the spec; an HTTP-date is flagged.
+def test_if_modified_since_forms_the_spec_refuses_but_xero_documents(
+    session: tuple[XeroSandbox, dict[str, Any]],
+) -> None:
+    """Spec vs. reality: ``If-Modified-Since`` is ``format: date-time`` (RFC 3339) in the spec.
 
-    The official SDKs (xero-python serialises the header with ``isoformat()``) send RFC 3339;
-    the sandbox also answers an RFC 1123 HTTP-date, but the validator reports it, so a client
-    that sends one finds out here rather than in production.
+    Xero's documentation gives the form ``2009-11-12T00:00:00`` (UTC, no offset) and pyxero sends
+    an RFC 1123 HTTP-date; the raw spec refuses both, the helper tolerates exactly these two
+    (``KNOWN_DEVIATIONS``, with the evidence) and the sandbox answers all three the same way.
     """
     box, _ = session
     good = next(e for e in box.requests_and_responses if "If-Modified-Since" in e.headers and e.status == 200)
     assert exchange_errors(*good) == []
-    http_date = {**good.headers, "If-Modified-Since": "Wed, 01 May 2024 10:00:00 GMT"}
-    assert any("If-Modified-Since" in e for e in exchange_errors(*good._replace(headers=http_date)))
+    api = Api(box, box.tenant_ids[0], box.issue_tokens()["access_token"])
+
+    def count(value: str) -> int:
+        answer = api.get("Invoices", headers={"If-Modified-Since": value}, page=1)
+        assert answer.status_code == 200, answer.text
+        found: int = load(answer)["pagination"]["itemCount"]
+        return found
+
+    rfc3339 = count("2024-04-22T17:00:00+00:00")
+    assert 0 < rfc3339 < box.count(box.tenant_ids[0], "Invoices")
+    for value in ("Mon, 22 Apr 2024 17:00:00 GMT", "2024-04-22T17:00:00"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = [
+                e
+                for e in accounting_spec().iter_request_errors(_as_spec_request(good, value))
+                if "If-Modified-Since" in str(e)
+            ]
+        assert raw, f"the spec itself accepts {value!r}: the deviation is no longer needed"
+        assert exchange_errors(*good._replace(headers={**good.headers, "If-Modified-Since": value})) == []
+        assert count(value) == rfc3339
+    for value in ("yesterday", "22/04/2024", "2024-04-22"):
+        flagged = exchange_errors(*good._replace(headers={**good.headers, "If-Modified-Since": value}))
+        assert any("If-Modified-Since" in e for e in flagged), value
+
+
+def _as_spec_request(exchange: Exchange, if_modified_since: str) -> Any:
+    from tests.xero_spec import _Request
+
+    path = "/api.xro/2.0/Invoices"
+    query = exchange.url.split("?", 1)[1] if "?" in exchange.url else ""
+    headers = {**exchange.headers, "If-Modified-Since": if_modified_since}
+    return _Request("GET", "https://api.xero.com", path, query, headers, b"")
 
 
 def test_spec_examples_send_what_the_spec_schema_refuses() -> None:

@@ -248,6 +248,9 @@ def test_where_statuses_and_order(box: XeroSandbox, tenant: str, api: Api, clock
     assert ids(where=f"UpdatedDateUTC<DateTime({since:%Y,%m,%d,%H,%M,%S})") == {old["InvoiceID"]}
     assert ids(where='Contact.Name.Contains("bob")', Statuses="DRAFT") == {draft["InvoiceID"]}
     assert ids(Statuses="PAID,DRAFT") == {open_b["InvoiceID"], draft["InvoiceID"]}
+    dashless = ",".join(i.replace("-", "") for i in (old["InvoiceID"], bill["InvoiceID"]))
+    assert ids(IDs=dashless) == {old["InvoiceID"], bill["InvoiceID"]}, "pyxero sends IDs as 32 hex digits"
+    assert ids(ContactIDs=alice) == {old["InvoiceID"], open_a["InvoiceID"]}
     ordered = api.items("Invoices", page=1, where='Type=="ACCREC"', order="Total DESC")
     assert [i["Total"] for i in ordered] == [Decimal("40.00"), Decimal("30.00"), Decimal("20.00"), Decimal("10.00")]
     by_update = api.items("Invoices", page=1, order="UpdatedDateUTC ASC")
