@@ -10,7 +10,6 @@ leaves this package.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,7 +35,7 @@ from connectors.base import (
     Window,
 )
 from connectors.http import HttpTransport, RateBudget
-from connectors.oauth import read_redirect
+from connectors.oauth import BearerTokens, read_redirect
 from connectors.quickbooks.faults import make_classifier
 from connectors.quickbooks.mapping import (
     ENTITY_NAMES,
@@ -175,8 +174,7 @@ class QuickBooksSource:
         self.clock = clock
         self.tokens = tokens
         self.auth = auth or QuickBooksAuth(settings, clock)
-        self._token_lock = threading.Lock()
-        self._current: OAuthTokens | None = None
+        self.bearer = BearerTokens(settings.connection, tokens, self.auth.refresh, clock, TOKEN_SKEW)
         budget = RateBudget(
             clock,
             sleeper,
@@ -190,46 +188,17 @@ class QuickBooksSource:
             clock=clock,
             sleeper=sleeper,
             timeout=(10.0, settings.timeout),
-            authorize=self._authorization,
-            refresh=self._refresh,
+            authorize=self.bearer.authorization,
+            refresh=self.bearer.refresh,
         )
         self.transport.headers["Accept"] = "application/json"
         self._sdk: QuickBooks | None = None
-
-    # --- tokens --------------------------------------------------------------
-
-    def _load(self) -> OAuthTokens:
-        tokens = self.tokens.load()
-        if tokens is None:
-            raise ReauthRequiredError(f"{self.connection}: not connected yet: run `arsync connect {self.connection}`")
-        return tokens
-
-    def _refresh_from(self, stale: OAuthTokens) -> OAuthTokens:
-        try:
-            fresh = self.tokens.refresh_locked(stale, self.auth.refresh)
-        except ReauthRequiredError as exc:
-            self.tokens.mark_needs_reauth(str(exc))
-            raise
-        self._current = fresh
-        return fresh
-
-    def _authorization(self) -> str:
-        with self._token_lock:
-            current = self._current or self._load()
-            self._current = current
-            if current.access_expires_at - TOKEN_SKEW <= self.clock():
-                current = self._refresh_from(current)
-            return f"Bearer {current.access_token}"
-
-    def _refresh(self) -> None:
-        with self._token_lock:
-            self._refresh_from(self._current or self._load())
 
     # --- the SDK ---------------------------------------------------------------
 
     def _client(self) -> QuickBooks:
         if self._sdk is None:
-            realm = self.settings.realm_id or self._load().account_id
+            realm = self.settings.realm_id or self.bearer.load().account_id
             if not realm:
                 raise ReauthRequiredError(f"{self.connection}: no realm id: run `arsync connect {self.connection}`")
             sdk = QuickBooks(company_id=realm, minorversion=self.settings.minor_version, use_decimal=True)

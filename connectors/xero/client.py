@@ -13,7 +13,6 @@ float-typed models are never built, and request bodies are serialised by
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -43,7 +42,7 @@ from connectors.base import (
     Window,
 )
 from connectors.http import HttpTransport, RateBudget
-from connectors.oauth import read_redirect
+from connectors.oauth import BearerTokens, read_redirect
 from connectors.xero.faults import RateHeaders, make_classifier, read_rate_headers, validation_messages
 from connectors.xero.mapping import COLLECTIONS, ID_FIELDS, MappingError, format_if_modified_since, map_list_response
 
@@ -276,8 +275,7 @@ class XeroSource:
         self.clock = clock
         self.tokens = tokens
         self.auth = auth or XeroAuth(settings, clock, sleeper)
-        self._token_lock = threading.Lock()
-        self._current: OAuthTokens | None = None
+        self.bearer = BearerTokens(settings.connection, tokens, self.auth.refresh, clock, TOKEN_SKEW)
         self.budget = RateBudget(
             clock,
             sleeper,
@@ -292,8 +290,8 @@ class XeroSource:
             clock=clock,
             sleeper=sleeper,
             timeout=(10.0, settings.timeout),
-            authorize=self._authorization,
-            refresh=self._refresh,
+            authorize=self.bearer.authorization,
+            refresh=self.bearer.refresh,
         )
         self.transport.hooks["response"].append(self._note_rate)
         self.rate = RateState()
@@ -302,34 +300,7 @@ class XeroSource:
         self.api = AccountingApi(client, base_url=settings.api_base.rstrip("/"))
         self.identity = IdentityApi(client, base_url=settings.identity_base.rstrip("/"))
 
-    # --- tokens and rate headers ------------------------------------------------
-
-    def _load(self) -> OAuthTokens:
-        tokens = self.tokens.load()
-        if tokens is None:
-            raise ReauthRequiredError(f"{self.connection}: not connected yet: run `arsync connect {self.connection}`")
-        return tokens
-
-    def _refresh_from(self, stale: OAuthTokens) -> OAuthTokens:
-        try:
-            fresh = self.tokens.refresh_locked(stale, self.auth.refresh)
-        except ReauthRequiredError as exc:
-            self.tokens.mark_needs_reauth(str(exc))
-            raise
-        self._current = fresh
-        return fresh
-
-    def _authorization(self) -> str:
-        with self._token_lock:
-            current = self._current or self._load()
-            self._current = current
-            if current.access_expires_at - TOKEN_SKEW <= self.clock():
-                current = self._refresh_from(current)
-            return f"Bearer {current.access_token}"
-
-    def _refresh(self) -> None:
-        with self._token_lock:
-            self._refresh_from(self._current or self._load())
+    # --- rate headers ----------------------------------------------------------
 
     def _note_rate(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         headers = read_rate_headers(response.headers)
@@ -339,7 +310,7 @@ class XeroSource:
             self.budget.pause_until(self.clock().timestamp() + 60.0)
 
     def tenant_id(self) -> str:
-        tenant = self.settings.tenant_id or self._load().account_id
+        tenant = self.settings.tenant_id or self.bearer.load().account_id
         if not tenant:
             raise ReauthRequiredError(f"{self.connection}: no organisation: run `arsync connect {self.connection}`")
         return tenant
