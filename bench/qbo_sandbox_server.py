@@ -6,8 +6,9 @@ figures never include the sandbox. It seeds the company with
 JSON line describing itself (URLs, client credentials, seed timing). It then
 answers commands read one per line from stdin, each with one JSON line:
 
-* ``stats``: request counts, throttled answers, and the API calls per entity
-  counted from the sandbox's ``requests_log``;
+* ``stats``: request counts, throttled answers, and the API calls (what each
+  was for, in arrival order, and per entity) read from the sandbox's
+  ``requests_log``;
 * ``quit`` (or end of input): stop the server and exit.
 
 Run by hand: ``python bench/qbo_sandbox_server.py --customers 200 --invoices 5000``.
@@ -53,17 +54,18 @@ def stats(sandbox: QuickBooksSandbox) -> dict[str, Any]:
         log = list(sandbox.requests_log)
         request_count, throttled = sandbox.request_count, sandbox.throttled_count
         errors = len(sandbox.server_errors)
-    per_entity: Counter[str] = Counter()
+    calls: list[str] = []
     oauth = 0
     for method, path, body in log:
         kind = classify(method, path, body)
         if kind is None:
             oauth += 1
         else:
-            per_entity[kind] += 1
+            calls.append(kind)
     return {
-        "api_calls": sum(per_entity.values()),
-        "calls_by_entity": dict(per_entity),
+        "api_calls": len(calls),
+        "calls_by_entity": dict(Counter(calls)),
+        "calls": calls,
         "other_requests": oauth,
         "request_count": request_count,
         "throttled": throttled,
