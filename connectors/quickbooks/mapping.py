@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
@@ -45,6 +45,7 @@ from connectors.base import (
     Record,
     Tombstone,
 )
+from connectors.values import MappingError, to_decimal
 
 __all__ = [
     "ENTITIES_BY_NAME",
@@ -92,10 +93,6 @@ _EMAIL_SPLIT = re.compile(r"[,;]")
 _SUBTOTAL = "SubTotalLineDetail"
 _DISCOUNT = "DiscountLineDetail"
 _DESCRIPTION_ONLY = "DescriptionOnly"
-
-
-class MappingError(ValueError):
-    """A payload that cannot become a canonical record. The message names the field."""
 
 
 # --- scalars -------------------------------------------------------------------
@@ -146,29 +143,10 @@ def _require_id(kind: str, obj: Mapping[str, Any]) -> str:
     return ident
 
 
-def _to_decimal(value: object, where: str, field: str) -> Decimal:
-    if isinstance(value, float):
-        raise TypeError(f"{where}: {field} is a float; parse QuickBooks JSON with parse_float=Decimal")
-    if isinstance(value, bool):
-        raise MappingError(f"{where}: {field} is not a number ({value!r})")
-    if isinstance(value, Decimal):
-        result = value
-    elif isinstance(value, int | str):
-        try:
-            result = Decimal(str(value).strip())
-        except InvalidOperation as exc:
-            raise MappingError(f"{where}: {field} is not a number ({value!r})") from exc
-    else:
-        raise MappingError(f"{where}: {field} is not a number ({value!r})")
-    if not result.is_finite():
-        raise MappingError(f"{where}: {field} is not a finite number ({value!r})")
-    return result
-
-
 def _amount(obj: Mapping[str, Any], field: str, where: str, *, negative_ok: bool = False) -> Decimal:
     if obj.get(field) is None:
         raise MappingError(f"{where}: {field} missing")
-    value = _to_decimal(obj[field], where, field)
+    value = to_decimal(obj[field], where, field)
     if value < 0 and not negative_ok:
         raise MappingError(f"{where}: {field} is negative ({value})")
     return value

@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
@@ -56,6 +56,7 @@ from connectors.base import (
     Quarantined,
     Record,
 )
+from connectors.values import MappingError, to_decimal
 
 __all__ = [
     "COLLECTIONS",
@@ -171,10 +172,6 @@ _DEFAULT_TARGET: Mapping[str, Entity] = MappingProxyType(
 )
 
 
-class MappingError(ValueError):
-    """A payload that cannot become a canonical record. The message names the field."""
-
-
 # --- scalars -------------------------------------------------------------------
 
 
@@ -279,29 +276,10 @@ def _require_id(obj: Mapping[str, Any], id_field: str, where: str) -> str:
     return ident
 
 
-def _to_decimal(value: object, where: str, field: str) -> Decimal:
-    if isinstance(value, float):
-        raise TypeError(f"{where}: {field} is a float; parse Xero JSON with parse_float=Decimal")
-    if isinstance(value, bool):
-        raise MappingError(f"{where}: {field} is not a number ({value!r})")
-    if isinstance(value, Decimal):
-        result = value
-    elif isinstance(value, int | str):
-        try:
-            result = Decimal(str(value).strip())
-        except InvalidOperation as exc:
-            raise MappingError(f"{where}: {field} is not a number ({value!r})") from exc
-    else:
-        raise MappingError(f"{where}: {field} is not a number ({value!r})")
-    if not result.is_finite():
-        raise MappingError(f"{where}: {field} is not a finite number ({value!r})")
-    return result
-
-
 def _amount(obj: Mapping[str, Any], field: str, where: str, *, negative_ok: bool = False) -> Decimal:
     if obj.get(field) is None or obj.get(field) == "":
         raise MappingError(f"{where}: {field} missing")
-    value = _to_decimal(obj[field], where, field)
+    value = to_decimal(obj[field], where, field)
     if value < 0 and not negative_ok:
         raise MappingError(f"{where}: {field} is negative ({value})")
     return value
