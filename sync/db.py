@@ -21,8 +21,9 @@ class DatabaseNotMigratedError(RuntimeError):
 def make_engine(url: str) -> sa.Engine:
     """An engine with the settings the store relies on.
 
-    SQLite gets WAL, foreign keys, a busy timeout, and explicit ``BEGIN``
-    (pysqlite's implicit transactions would defeat our write locks).
+    SQLite gets WAL, foreign keys, a busy timeout, and ``BEGIN IMMEDIATE``
+    (pysqlite's implicit transactions would defeat our write locks; one
+    writer at a time is SQLite's rule anyway).
     PostgreSQL URLs without a driver use psycopg 3.
     """
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -42,7 +43,9 @@ def make_engine(url: str) -> sa.Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN")
+            # IMMEDIATE: take the write lock at the start. A deferred transaction that reads,
+            # then writes, fails with "database is locked" when another writer got in between.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)

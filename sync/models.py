@@ -290,3 +290,34 @@ class QuarantinedRecord(SQLModel, table=True):
     first_seen: datetime | None = utc(nullable=False)
     last_seen: datetime | None = utc(nullable=False)
     resolved_at: datetime | None = utc()
+
+
+class JournalEntry(SQLModel, table=True):
+    """One external effect (a charge, a posting, a fee, a deposit, an email), keyed deterministically.
+
+    Written in the same transaction as the decision to act, before the call.
+    ``status``: ``pending`` (to do, at ``next_attempt_at``), ``in_flight`` (a
+    worker holds the lease and may have made the call), ``done``, ``failed``
+    (given up, with ``error``). An ``in_flight`` entry whose lease expired
+    has an unknown outcome: the next worker looks the effect up before acting.
+    """
+
+    __tablename__ = "journal"
+    __table_args__ = (sa.Index("ix_journal_due", "kind", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=250, unique=True)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=100)
+    kind: str = Field(max_length=40)
+    subject: str | None = Field(default=None, max_length=200)
+    payload: str
+    status: str = Field(default="pending", max_length=20)
+    attempts: int = 0
+    next_attempt_at: datetime | None = utc(nullable=False)
+    lease_owner: str | None = Field(default=None, max_length=200)
+    lease_until: datetime | None = utc()
+    external_id: str | None = Field(default=None, max_length=200)
+    result: str | None = None
+    error: str | None = None
+    created_at: datetime | None = utc(nullable=False)
+    updated_at: datetime | None = utc(nullable=False)

@@ -1,0 +1,201 @@
+"""The journal: every external effect, exactly once.
+
+The life of an effect (a charge, a posting, a fee, a deposit, an email):
+
+1. ``record`` writes it with a deterministic key, in the same transaction as
+   the decision to act. Recording the same key again is a no-op, so a re-run
+   of the decision never makes a second effect.
+2. ``claim`` leases due entries to one worker (``FOR UPDATE SKIP LOCKED`` on
+   PostgreSQL; SQLite has one writer at a time) and marks them ``in_flight``
+   *before* the call is made. The claim is committed on its own.
+3. The worker makes the call with the vendor's idempotency mechanism, keyed by
+   the entry's key, then ``complete`` or ``retry_later`` or ``give_up``.
+
+A worker that dies after step 2 leaves an ``in_flight`` entry. When its lease
+expires, the next claim hands it out with ``outcome_unknown`` set: the handler
+must look the effect up at the vendor (by our key) before acting again. So a
+crash at any line neither doubles an effect nor loses one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
+
+from connectors import jsonwire
+from sync.models import JournalEntry
+
+LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Intent:
+    """An effect decided on: what to do, under which key."""
+
+    key: str
+    tenant: str
+    kind: str
+    payload: Mapping[str, Any]
+    subject: str | None = None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    key: str
+    kind: str
+    tenant: str
+    subject: str | None
+    payload: Mapping[str, Any]
+    attempt: int
+    outcome_unknown: bool
+    """A previous worker may have made the call: look it up before acting."""
+
+
+@dataclass(frozen=True)
+class Done:
+    external_id: str | None = None
+    result: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RetryAt:
+    when: datetime
+    error: str
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    error: str
+
+
+Outcome = Done | RetryAt | GiveUp
+Handler = Callable[[Claimed], Outcome]
+
+
+def record(session: Session, intent: Intent, now: datetime) -> bool:
+    """Journal an intent in the caller's transaction. False if the key was already there."""
+    exists = session.execute(sa.select(col(JournalEntry.id)).where(col(JournalEntry.key) == intent.key)).first()
+    if exists is not None:
+        return False
+    session.add(
+        JournalEntry(
+            key=intent.key,
+            tenant_id=intent.tenant,
+            kind=intent.kind,
+            subject=intent.subject,
+            payload=jsonwire.dumps(dict(intent.payload)),
+            status="pending",
+            next_attempt_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    session.flush()
+    return True
+
+
+def claim(
+    sessions: sessionmaker[Session],
+    kind: str,
+    owner: str,
+    now: datetime,
+    *,
+    limit: int = 50,
+    lease: timedelta = LEASE,
+) -> list[Claimed]:
+    """Lease up to ``limit`` due entries of ``kind`` to ``owner`` and mark them in flight (committed)."""
+    due = sa.or_(
+        sa.and_(col(JournalEntry.status) == "pending", col(JournalEntry.next_attempt_at) <= now),
+        sa.and_(col(JournalEntry.status) == "in_flight", col(JournalEntry.lease_until) <= now),
+    )
+    with sessions.begin() as session:
+        query = (
+            sa.select(JournalEntry)
+            .where(col(JournalEntry.kind) == kind, due)
+            .order_by(col(JournalEntry.id))
+            .limit(limit)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        claimed = []
+        for entry in session.execute(query).scalars():
+            unknown = entry.status == "in_flight"
+            entry.status = "in_flight"
+            entry.attempts += 1
+            entry.lease_owner = owner
+            entry.lease_until = now + lease
+            entry.updated_at = now
+            claimed.append(
+                Claimed(
+                    key=entry.key,
+                    kind=entry.kind,
+                    tenant=entry.tenant_id,
+                    subject=entry.subject,
+                    payload=jsonwire.loads(entry.payload),
+                    attempt=entry.attempts,
+                    outcome_unknown=unknown,
+                )
+            )
+    return claimed
+
+
+def settle(session: Session, key: str, owner: str, outcome: Outcome, now: datetime) -> bool:
+    """Record what happened. False (and nothing written) if ``owner`` no longer holds the lease."""
+    values: dict[str, Any] = {"updated_at": now, "lease_owner": None, "lease_until": None}
+    match outcome:
+        case Done(external_id, result):
+            values |= {"status": "done", "external_id": external_id, "error": None}
+            if result is not None:
+                values["result"] = json.dumps(dict(result), default=str, sort_keys=True)
+        case RetryAt(when, error):
+            values |= {"status": "pending", "next_attempt_at": when, "error": error}
+        case GiveUp(error):
+            values |= {"status": "failed", "error": error}
+    updated = session.execute(
+        sa.update(JournalEntry)
+        .where(
+            col(JournalEntry.key) == key,
+            col(JournalEntry.lease_owner) == owner,
+            col(JournalEntry.status) == "in_flight",
+        )
+        .values(values)
+    )
+    return bool(getattr(updated, "rowcount", 0))
+
+
+def run_due(
+    sessions: sessionmaker[Session],
+    kind: str,
+    owner: str,
+    handler: Handler,
+    clock: Callable[[], datetime],
+    *,
+    limit: int = 50,
+    lease: timedelta = LEASE,
+) -> list[tuple[str, Outcome]]:
+    """Claim due entries of ``kind`` and settle each with the handler's outcome.
+
+    An exception from the handler leaves the entry in flight: its outcome is
+    unknown until the lease expires and a later claim looks it up.
+    """
+    settled = []
+    for entry in claim(sessions, kind, owner, clock(), limit=limit, lease=lease):
+        outcome = handler(entry)
+        with sessions.begin() as session:
+            if settle(session, entry.key, owner, outcome, clock()):
+                settled.append((entry.key, outcome))
+    return settled
+
+
+def entries(session: Session, keys: Iterable[str] | None = None) -> list[JournalEntry]:
+    query = sa.select(JournalEntry).order_by(col(JournalEntry.id))
+    if keys is not None:
+        query = query.where(col(JournalEntry.key).in_(list(keys)))
+    return list(session.execute(query).scalars())

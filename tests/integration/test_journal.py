@@ -1,0 +1,131 @@
+"""The journal of external effects, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from sync import journal
+from sync.db import make_engine, upgrade
+from sync.journal import Claimed, Done, GiveUp, Intent, RetryAt
+from sync.models import JournalEntry, Tenant
+
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def sessions(db_url: str) -> sessionmaker[Session]:
+    engine = make_engine(db_url)
+    upgrade(engine)
+    factory = sessionmaker(engine, expire_on_commit=False)
+    with factory.begin() as session:
+        session.add(Tenant(id="acme", display_name="Acme"))
+    return factory
+
+
+def intent(key: str, amount: str = "10.00") -> Intent:
+    return Intent(key, "acme", "charge", {"invoice": key, "amount": Decimal(amount)}, subject=f"invoice:{key}")
+
+
+def test_recording_the_same_key_twice_makes_one_entry(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        assert journal.record(s, intent("charge:acme:1:1"), T0) is True
+    with sessions.begin() as s:
+        assert journal.record(s, intent("charge:acme:1:1", "99.00"), T0) is False
+    with sessions() as s:
+        rows = journal.entries(s)
+    assert len(rows) == 1 and '"amount":10.00' in rows[0].payload
+
+
+def test_claim_then_done_is_never_claimed_again(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        journal.record(s, intent("k1"), T0)
+        journal.record(s, intent("k2"), T0)
+    claimed = journal.claim(sessions, "charge", "w1", T0)
+    assert [c.key for c in claimed] == ["k1", "k2"] and not any(c.outcome_unknown for c in claimed)
+    assert claimed[0].payload["amount"] == Decimal("10.00")
+    assert journal.claim(sessions, "charge", "w2", T0) == []
+    with sessions.begin() as s:
+        assert journal.settle(s, "k1", "w1", Done("pi_1", {"status": "succeeded"}), T0)
+    with sessions() as s:
+        row = s.execute(sa.select(JournalEntry).where(JournalEntry.key == "k1")).scalar_one()
+    assert (row.status, row.external_id, row.attempts) == ("done", "pi_1", 1)
+    assert journal.claim(sessions, "charge", "w2", T0 + timedelta(hours=1))[0].key == "k2"  # lease expired
+
+
+def test_retry_later_and_give_up(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        journal.record(s, intent("k1"), T0)
+        journal.record(s, intent("k2"), T0)
+    for entry in journal.claim(sessions, "charge", "w1", T0):
+        outcome = RetryAt(T0 + timedelta(days=3), "insufficient_funds") if entry.key == "k1" else GiveUp("stolen_card")
+        with sessions.begin() as s:
+            journal.settle(s, entry.key, "w1", outcome, T0)
+    assert journal.claim(sessions, "charge", "w1", T0 + timedelta(days=2)) == []
+    again = journal.claim(sessions, "charge", "w1", T0 + timedelta(days=3))
+    assert [(c.key, c.attempt) for c in again] == [("k1", 2)]
+    with sessions() as s:
+        failed = s.execute(sa.select(JournalEntry).where(JournalEntry.key == "k2")).scalar_one()
+    assert (failed.status, failed.error) == ("failed", "stolen_card")
+
+
+def test_an_expired_lease_hands_the_entry_out_with_its_outcome_unknown(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        journal.record(s, intent("k1"), T0)
+    journal.claim(sessions, "charge", "dead-worker", T0)
+    assert journal.claim(sessions, "charge", "w2", T0 + timedelta(minutes=1)) == []
+    late = journal.claim(sessions, "charge", "w2", T0 + journal.LEASE)
+    assert [(c.key, c.outcome_unknown, c.attempt) for c in late] == [("k1", True, 2)]
+    with sessions.begin() as s:  # the dead worker's late answer is refused
+        assert journal.settle(s, "k1", "dead-worker", Done("pi_x"), T0 + journal.LEASE) is False
+        assert journal.settle(s, "k1", "w2", Done("pi_1"), T0 + journal.LEASE) is True
+
+
+def test_run_due_leaves_a_crashed_handler_in_flight(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        journal.record(s, intent("k1"), T0)
+
+    def boom(entry: Claimed) -> Done:
+        raise ConnectionError("timed out after sending")
+
+    with pytest.raises(ConnectionError):
+        journal.run_due(sessions, "charge", "w1", boom, lambda: T0)
+    with sessions() as s:
+        assert s.execute(sa.select(JournalEntry.status)).scalar_one() == "in_flight"
+    seen: list[Claimed] = []
+    journal.run_due(sessions, "charge", "w2", lambda e: seen.append(e) or Done("pi_1"), lambda: T0 + journal.LEASE)
+    assert [e.outcome_unknown for e in seen] == [True]
+
+
+def test_concurrent_workers_never_claim_the_same_entry(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        for n in range(200):
+            journal.record(s, intent(f"k{n}"), T0)
+    taken: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        try:
+            while True:
+                batch = journal.claim(sessions, "charge", name, T0, limit=7)
+                if not batch:
+                    return
+                with lock:
+                    taken.setdefault(name, []).extend(c.key for c in batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    keys = [k for ks in taken.values() for k in ks]
+    assert len(keys) == len(set(keys)) == 200
