@@ -323,3 +323,74 @@ class ReauthRequiredError(ConnectorError):
     """The connection must be authorised again by a person (``arsync connect``)."""
 
     actor = Actor.CONFIG
+
+
+# --- Payment processors --------------------------------------------------------
+
+
+class ChargeState(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    PROCESSING = "processing"
+    """Asynchronous (ACH): the outcome comes days later as an event."""
+    REQUIRES_ACTION = "requires_action"
+    """3-D Secure: the customer must act; send a payment link instead."""
+    SOFT_DECLINE = "soft_decline"
+    """Worth retrying later (insufficient funds, processing error, try again later)."""
+    HARD_DECLINE = "hard_decline"
+    """Never retry (lost, stolen, expired, invalid): hand over to dunning."""
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    key: str
+    """Our deterministic key: sent as the processor's idempotency key and kept in its metadata."""
+    processor_customer_id: str
+    payment_method_id: str
+    amount: Decimal
+    currency: str
+    description: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChargeOutcome:
+    key: str
+    state: ChargeState
+    processor_id: str | None
+    """The processor's id for the attempt (Stripe PaymentIntent), when one exists."""
+    amount: Decimal
+    currency: str
+    decline_code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class SavedMethod:
+    processor_customer_id: str
+    payment_method_id: str
+    kind: str
+    """``card`` or ``us_bank_account``."""
+    brand: str | None = None
+    last4: str | None = None
+    funding: str | None = None
+    """``credit`` / ``debit`` / ``prepaid`` for cards: surcharges never apply to debit where configured."""
+
+
+class PaymentProcessor(Protocol):
+    """Charges saved payment methods, exactly once by key."""
+
+    def ensure_customer(self, our_customer_id: str, email: str | None, name: str | None) -> str:
+        """The processor customer linked to ours (found by our id in its metadata, else created)."""
+        ...
+
+    def saved_methods(self, processor_customer_id: str) -> list[SavedMethod]: ...
+
+    def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        """Attempt a charge. Raises ``RetriableError`` when the outcome is unknown (timeout)."""
+        ...
+
+    def find_charge(self, key: str, processor_customer_id: str) -> ChargeOutcome | None:
+        """The attempt made under ``key``, if the processor has one: for outcomes left unknown."""
+        ...
+
+    def refund(self, processor_id: str, amount: Decimal | None, key: str) -> str: ...
