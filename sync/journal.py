@@ -44,6 +44,8 @@ class Intent:
     kind: str
     payload: Mapping[str, Any]
     subject: str | None = None
+    not_before: datetime | None = None
+    """When the effect is due (now, if not given)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class RetryAt:
 @dataclass(frozen=True)
 class GiveUp:
     error: str
+    follow_up: Intent | None = None
+    """A new effect decided by this outcome (the next attempt of a declined charge), journaled atomically."""
 
 
 Outcome = Done | RetryAt | GiveUp
@@ -92,7 +96,7 @@ def record(session: Session, intent: Intent, now: datetime) -> bool:
             subject=intent.subject,
             payload=jsonwire.dumps(dict(intent.payload)),
             status="pending",
-            next_attempt_at=now,
+            next_attempt_at=intent.not_before or now,
             created_at=now,
             updated_at=now,
         )
@@ -156,8 +160,10 @@ def settle(session: Session, key: str, owner: str, outcome: Outcome, now: dateti
                 values["result"] = json.dumps(dict(result), default=str, sort_keys=True)
         case RetryAt(when, error):
             values |= {"status": "pending", "next_attempt_at": when, "error": error}
-        case GiveUp(error):
+        case GiveUp(error, follow_up):
             values |= {"status": "failed", "error": error}
+            if follow_up is not None:
+                record(session, follow_up, now)
     updated = session.execute(
         sa.update(JournalEntry)
         .where(
@@ -182,12 +188,22 @@ def run_due(
 ) -> list[tuple[str, Outcome]]:
     """Claim due entries of ``kind`` and settle each with the handler's outcome.
 
-    An exception from the handler leaves the entry in flight: its outcome is
-    unknown until the lease expires and a later claim looks it up.
+    An exception from the handler (a timeout after sending, say) leaves the
+    entry in flight with the error noted: its outcome is unknown until the
+    lease expires and a later claim looks it up. The other entries go on.
     """
     settled = []
     for entry in claim(sessions, kind, owner, clock(), limit=limit, lease=lease):
-        outcome = handler(entry)
+        try:
+            outcome = handler(entry)
+        except Exception as exc:
+            with sessions.begin() as session:
+                session.execute(
+                    sa.update(JournalEntry)
+                    .where(col(JournalEntry.key) == entry.key, col(JournalEntry.lease_owner) == owner)
+                    .values(error=f"outcome unknown: {type(exc).__name__}: {exc}", updated_at=clock())
+                )
+            continue
         with sessions.begin() as session:
             if settle(session, entry.key, owner, outcome, clock()):
                 settled.append((entry.key, outcome))

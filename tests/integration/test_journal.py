@@ -93,10 +93,10 @@ def test_run_due_leaves_a_crashed_handler_in_flight(sessions: sessionmaker[Sessi
     def boom(entry: Claimed) -> Done:
         raise ConnectionError("timed out after sending")
 
-    with pytest.raises(ConnectionError):
-        journal.run_due(sessions, "charge", "w1", boom, lambda: T0)
+    assert journal.run_due(sessions, "charge", "w1", boom, lambda: T0) == []
     with sessions() as s:
-        assert s.execute(sa.select(JournalEntry.status)).scalar_one() == "in_flight"
+        row = s.execute(sa.select(JournalEntry)).scalar_one()
+    assert row.status == "in_flight" and row.error is not None and "timed out after sending" in row.error
     seen: list[Claimed] = []
     journal.run_due(sessions, "charge", "w2", lambda e: seen.append(e) or Done("pi_1"), lambda: T0 + journal.LEASE)
     assert [e.outcome_unknown for e in seen] == [True]
@@ -129,3 +129,16 @@ def test_concurrent_workers_never_claim_the_same_entry(sessions: sessionmaker[Se
     assert errors == []
     keys = [k for ks in taken.values() for k in ks]
     assert len(keys) == len(set(keys)) == 200
+
+
+def test_a_follow_up_is_journaled_with_the_outcome(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        journal.record(s, intent("charge:acme:7:1"), T0)
+    later = T0 + timedelta(days=3)
+    retry = Intent("charge:acme:7:2", "acme", "charge", {"amount": Decimal("10.00")}, "invoice:7", not_before=later)
+    journal.run_due(sessions, "charge", "w1", lambda e: GiveUp("insufficient_funds", follow_up=retry), lambda: T0)
+    with sessions() as s:
+        rows = {r.key: r.status for r in journal.entries(s)}
+    assert rows == {"charge:acme:7:1": "failed", "charge:acme:7:2": "pending"}
+    assert journal.claim(sessions, "charge", "w1", later - timedelta(seconds=1)) == []
+    assert [c.key for c in journal.claim(sessions, "charge", "w1", later)] == ["charge:acme:7:2"]
