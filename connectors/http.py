@@ -93,6 +93,7 @@ class RateBudget:
         concurrent: int | None = None,
         parent: RateBudget | None = None,
         max_wait: float = 300.0,
+        margin: float = 0.0,
     ) -> None:
         self._clock = clock
         self.parent = parent
@@ -106,6 +107,8 @@ class RateBudget:
         if per_day:
             self._limits.append((86400.0, per_day))
         self.max_wait = max_wait
+        self.margin = margin
+        """Seconds added to each window's wait: our clock stamps a call a little before the vendor's does."""
         """A wait longer than this is not slept: ``acquire`` raises ``RateLimitedError`` for the caller to park."""
         self._sent: deque[float] = deque()
         self._lock = threading.Lock()
@@ -129,8 +132,13 @@ class RateBudget:
         for window, limit in self._limits:
             inside = [t for t in self._sent if t > now - window]
             if len(inside) >= limit:
-                wait = max(wait, inside[-limit] + window - now)
+                wait = max(wait, inside[-limit] + window + self.margin - now)
         return wait
+
+    def seconds_until_free(self) -> float:
+        """How long until one more request fits every window (0 when it fits now)."""
+        with self._lock:
+            return self.wait_needed(self._now())
 
     def acquire(self) -> None:
         if self._slots is not None:

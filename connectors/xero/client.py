@@ -283,6 +283,7 @@ class XeroSource:
             per_day=settings.per_day,
             concurrent=settings.concurrent,
             parent=app_budget,
+            margin=1.0,
         )
         self.transport = HttpTransport(
             classifier=make_classifier(clock),
@@ -305,8 +306,10 @@ class XeroSource:
     def _note_rate(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         headers = read_rate_headers(response.headers)
         self.rate.last = headers
-        if headers.minute_remaining == 0:
-            # Xero's minute is rolling: wait a full one rather than earn a 429.
+        if headers.minute_remaining == 0 and self.budget.seconds_until_free() == 0:
+            # Xero says the minute is spent though our own budget is not: another app shares
+            # this organisation's quota. Wait a minute rather than earn a 429. (When our budget
+            # is spent too, it already waits exactly as long as the rolling minute needs.)
             self.budget.pause_until(self.clock().timestamp() + 60.0)
 
     def tenant_id(self) -> str:
@@ -335,7 +338,7 @@ class XeroSource:
         if since is not None:
             kwargs["if_modified_since"] = format_if_modified_since(since)
         response = method(self.tenant_id(), **kwargs)
-        return jsonwire.loads(response.data)
+        return _read_json(self.connection, collection, response.data)
 
     def _bodies(
         self, entity: Entity, since: datetime | None, until: datetime | None, resume: str | None
@@ -416,7 +419,7 @@ class XeroSource:
         method = getattr(self.api, call)
         extra = {} if call == "create_bank_transfer" else {"summarize_errors": False}
         response = method(self.tenant_id(), jsonwire.dumps(body), idempotency_key=key, _preload_content=False, **extra)
-        items = jsonwire.loads(response.data).get(collection, [])
+        items = _read_json(self.connection, collection, response.data).get(collection, [])
         if len(items) != len(batch):
             raise FatalError(f"{self.connection}: Xero answered {len(items)} {collection} for {len(batch)} sent")
         results = []
@@ -427,6 +430,13 @@ class XeroSource:
             else:
                 results.append(PostingResult(posting.key, True, external_id=str(item.get(id_field) or "")))
         return results
+
+
+def _read_json(connection: str, collection: str, data: bytes) -> Any:
+    try:
+        return jsonwire.loads(data)
+    except ValueError as exc:
+        raise FatalError(f"{connection}: unreadable {collection} response: {exc}") from exc
 
 
 def batch_key(connection: str, kind: str, keys: Sequence[str]) -> str:

@@ -292,6 +292,15 @@ def _parse_response(response: requests.Response) -> _Parsed:
     return _Parsed(kind, None, text)
 
 
+_NOT_JSON = "a JSON answer that is not JSON"
+
+
+def _looks_like_json(content: bytes) -> bool:
+    """Whether a body is whole JSON by its ends (an empty body counts): cheap, and enough to catch truncation."""
+    body = content.strip()
+    return not body or (body[:1] in (b"{", b"[") and body[-1:] in (b"}", b"]"))
+
+
 def _says_json(response: requests.Response) -> bool:
     return "json" in (_header(response.headers, "Content-Type") or "").lower()
 
@@ -316,6 +325,13 @@ class XeroFaults:
 
     def classify(self, response: requests.Response) -> Classification:
         status = response.status_code
+        if 200 <= status < 300:
+            # A success is parsed once, by the caller; here only its shape is checked.
+            if _says_json(response) and not _looks_like_json(response.content or b""):
+                return Classification(
+                    Resolution.FAIL, Actor.SYSTEM, _message(response, _parse_response(response), _NOT_JSON)
+                )
+            return Classification(Resolution.SUCCESS, Actor.SYSTEM, "")
         parsed = _parse_response(response)
         rate = read_rate_headers(response.headers)
 
@@ -332,10 +348,6 @@ class XeroFaults:
             return Classification(Resolution.FAIL, Actor.CONFIG, say(_FORBIDDEN))
         if status in RETRY_STATUSES:
             return Classification(Resolution.RETRY, Actor.TRANSIENT, say(), self._retry_after(response))
-        if 200 <= status < 300:
-            if parsed.kind not in ("json", "empty", "binary") and _says_json(response):
-                return Classification(Resolution.FAIL, Actor.SYSTEM, say("a JSON answer that is not JSON"))
-            return Classification(Resolution.SUCCESS, Actor.SYSTEM, "")
         if status == 400:
             return Classification(Resolution.FAIL, Actor.SYSTEM, say(_bad_request(parsed)))
         if status == 404:

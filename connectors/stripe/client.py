@@ -1,0 +1,287 @@
+"""The payment-processor port on Stripe, through the official ``stripe`` SDK.
+
+One :class:`stripe.StripeClient` per processor (no module globals: ``stripe.api_key``
+is never set), sending through ``requests`` with an explicit timeout and
+``max_network_retries=0``: our journal owns retries, and an answer that never came
+is reported as :class:`~connectors.base.RetriableError` (outcome unknown) for the
+journal to look up with :meth:`StripeProcessor.find_charge` before trying again.
+
+Every SDK object is turned into a plain dict (``to_dict()``) and mapped by
+:mod:`connectors.stripe.mapping`; none leaves this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any, NoReturn, TypeVar
+
+import stripe
+
+from connectors.base import (
+    ChargeOutcome,
+    ChargeRequest,
+    ConnectorError,
+    FatalError,
+    RateLimitedError,
+    RetriableError,
+    SavedMethod,
+)
+from connectors.http import Resolution
+from connectors.stripe.mapping import (
+    CUSTOMER_METADATA,
+    KEY_METADATA,
+    REFUND_FAILED,
+    SAVED_METHOD_TYPES,
+    classify_error,
+    key_of,
+    normalize_currency,
+    outcome_from_card_error,
+    outcome_from_payment_intent,
+    pick_attempt,
+    refund_summary,
+    saved_method,
+    to_minor_units,
+)
+from connectors.values import MappingError
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "https://api.stripe.com"
+PAGE_SIZE = 100
+"""Stripe's largest page."""
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """An SDK object as the plain dict of its JSON."""
+    result = obj.to_dict()
+    if not isinstance(result, dict):  # pragma: no cover - the SDK always returns a dict
+        raise TypeError(f"unexpected SDK value {type(obj).__name__}")
+    return result
+
+
+def _error_body(exc: stripe.StripeError) -> dict[str, Any]:
+    body = exc.json_body
+    if isinstance(body, Mapping):
+        error = body.get("error")
+        if isinstance(error, Mapping):
+            return dict(error)
+    return {}
+
+
+def _retry_after(exc: stripe.StripeError) -> float | None:
+    headers = exc.headers or {}
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+def translate(exc: stripe.StripeError, what: str) -> ConnectorError:
+    """The connector error for a failed SDK call (``what`` names the call in the message)."""
+    status = None if isinstance(exc, stripe.APIConnectionError) else exc.http_status
+    error = _error_body(exc)
+    if status is None and not error.get("message"):
+        error["message"] = exc.user_message or type(exc).__name__
+    verdict = classify_error(status, error)
+    request_id = f" (request {exc.request_id})" if exc.request_id else ""
+    message = f"stripe {what}: {verdict.message}{request_id}"
+    match verdict.resolution:
+        case Resolution.RATE_LIMITED:
+            return RateLimitedError(message, _retry_after(exc))
+        case Resolution.RETRY:
+            return RetriableError(message)
+        case _:
+            return FatalError(message, actor=verdict.actor)
+
+
+class StripeProcessor:
+    """:class:`~connectors.base.PaymentProcessor` on Stripe (or anything speaking its API at ``base_url``)."""
+
+    def __init__(self, api_key: str, *, base_url: str = DEFAULT_BASE_URL, timeout: float = 30.0) -> None:
+        if not api_key:
+            raise FatalError("stripe: no API key configured")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": self.base_url},
+            http_client=stripe.RequestsClient(timeout=timeout),
+            max_network_retries=0,
+        )
+
+    def __repr__(self) -> str:
+        return f"StripeProcessor(base_url={self.base_url!r}, timeout={self.timeout})"
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except stripe.StripeError as exc:
+            raise translate(exc, what) from exc
+
+    def _each(self, what: str, first_page: Callable[[], stripe.ListObject[T]]) -> Iterator[T]:
+        """Every item of a list, page after page (``starting_after``), errors translated."""
+        try:
+            yield from first_page().auto_paging_iter()
+        except stripe.StripeError as exc:
+            raise translate(exc, what) from exc
+
+    # --- customers and saved methods ---------------------------------------------------
+
+    def ensure_customer(self, our_customer_id: str, email: str | None, name: str | None) -> str:
+        """The Stripe customer whose ``metadata.arsync_customer`` is ours, created if there is none.
+
+        Looks among the customers with ``email`` when one is given (all customers otherwise).
+        Creation uses the idempotency key ``customer:{our_customer_id}``, so a retried
+        creation within Stripe's 24 hours returns the same customer.
+        """
+        params: dict[str, Any] = {"limit": PAGE_SIZE}
+        if email:
+            params["email"] = email
+        for customer in self._each("list customers", lambda: self._client.v1.customers.list(params=params)):  # type: ignore[arg-type]
+            metadata = customer.get("metadata") or {}
+            if metadata.get(CUSTOMER_METADATA) == our_customer_id:
+                return str(customer["id"])
+        create: dict[str, Any] = {"metadata": {CUSTOMER_METADATA: our_customer_id}}
+        if email:
+            create["email"] = email
+        if name:
+            create["name"] = name
+        created = self._call(
+            "create customer",
+            lambda: self._client.v1.customers.create(
+                params=create,  # type: ignore[arg-type]
+                options={"idempotency_key": f"customer:{our_customer_id}"},
+            ),
+        )
+        return str(created.id)
+
+    def saved_methods(self, processor_customer_id: str) -> list[SavedMethod]:
+        """The customer's cards and US bank accounts (other payment method types are left out)."""
+        methods: list[SavedMethod] = []
+        for pm in self._each(
+            "list payment methods",
+            lambda: self._client.v1.payment_methods.list(params={"customer": processor_customer_id, "limit": PAGE_SIZE}),
+        ):
+            if pm.get("type") not in SAVED_METHOD_TYPES:
+                continue
+            method = saved_method(_plain(pm), processor_customer_id)
+            if method is not None:
+                methods.append(method)
+        return methods
+
+    # --- charges -----------------------------------------------------------------------
+
+    def charge(self, request: ChargeRequest) -> ChargeOutcome:
+        """One off-session PaymentIntent, created and confirmed at once under ``request.key``.
+
+        Declines come back as outcomes (with the PaymentIntent's id); an unknown outcome
+        (timeout, connection lost, 5xx, 409) raises :class:`RetriableError`.
+        """
+        if request.metadata.get(KEY_METADATA, request.key) != request.key:
+            raise ValueError(f"metadata[{KEY_METADATA!r}] must be the request's key when given")
+        currency = normalize_currency(request.currency)
+        params: dict[str, Any] = {
+            "amount": to_minor_units(request.amount, currency),
+            "currency": currency.lower(),
+            "customer": request.processor_customer_id,
+            "payment_method": request.payment_method_id,
+            "confirm": True,
+            "off_session": True,
+            # Server-side confirmation without a return_url: only methods that never redirect.
+            "automatic_payment_methods": {"enabled": True, "allow_redirects": "never"},
+            "metadata": {**request.metadata, KEY_METADATA: request.key},
+        }
+        if request.description:
+            params["description"] = request.description
+        try:
+            intent = self._client.v1.payment_intents.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": request.key},
+            )
+        except stripe.CardError as exc:
+            return self._declined(request, exc)
+        except stripe.StripeError as exc:
+            raise translate(exc, f"charge {request.key}") from exc
+        return outcome_from_payment_intent(_plain(intent), request.key)
+
+    def _declined(self, request: ChargeRequest, exc: stripe.CardError) -> ChargeOutcome:
+        error = _error_body(exc)
+        if not error:
+            error = {"code": exc.code, "message": exc.user_message}
+        outcome = outcome_from_card_error(request.key, error, request.amount, request.currency)
+        charge_id = error.get("charge")
+        if outcome.processor_id is None and isinstance(charge_id, str) and charge_id:
+            # Stripe names the PaymentIntent in the error; a server that only names the
+            # charge gets one more read. The decline is certain either way: if that read
+            # fails, the outcome goes back without the id rather than as "unknown".
+            try:
+                charge = self._client.v1.charges.retrieve(charge_id)
+            except stripe.StripeError:
+                return outcome
+            pi = charge.get("payment_intent")
+            pi_id = pi if isinstance(pi, str) else getattr(pi, "id", None)
+            if pi_id:
+                outcome = replace(outcome, processor_id=str(pi_id))
+        return outcome
+
+    def find_charge(self, key: str, processor_customer_id: str) -> ChargeOutcome | None:
+        """The attempt made under ``key``: the customer's PaymentIntent whose ``metadata.arsync_key`` is ``key``.
+
+        Reads every page of the customer's PaymentIntents (newest first). If several carry
+        the key, the one whose money moved wins, then the first made.
+        """
+        intents = list(
+            self._each(
+                "list payment intents",
+                lambda: self._client.v1.payment_intents.list(
+                    params={"customer": processor_customer_id, "limit": PAGE_SIZE}
+                ),
+            )
+        )
+        found: list[ChargeOutcome] = []
+        for intent in reversed(intents):
+            plain = _plain(intent)
+            if key_of(plain) != key:
+                continue
+            try:
+                found.append(outcome_from_payment_intent(plain, key))
+            except MappingError as exc:
+                raise FatalError(f"stripe find_charge {key}: {exc}") from exc
+        return pick_attempt(found)
+
+    # --- refunds -----------------------------------------------------------------------
+
+    def refund(self, processor_id: str, amount: Decimal | None, key: str) -> str:
+        """Refund a PaymentIntent (or a ``ch_`` charge), in full or ``amount`` in its currency.
+
+        Sent under the idempotency key ``key``. Returns the refund's id; a refund Stripe
+        reports ``failed`` or ``canceled`` at once raises :class:`FatalError`.
+        """
+        target = "charge" if processor_id.startswith("ch_") else "payment_intent"
+        params: dict[str, Any] = {target: processor_id}
+        if amount is not None:
+            paid = self._call(
+                f"retrieve {processor_id}",
+                lambda: (
+                    self._client.v1.charges.retrieve(processor_id)
+                    if target == "charge"
+                    else self._client.v1.payment_intents.retrieve(processor_id)
+                ),
+            )
+            params["amount"] = to_minor_units(amount, str(paid["currency"]))
+        created = self._call(
+            f"refund {key}",
+            lambda: self._client.v1.refunds.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": key},
+            ),
+        )
+        summary = refund_summary(_plain(created))
+        if summary.status in REFUND_FAILED:
+            raise FatalError(f"stripe refund {key}: refund {summary.refund_id} is {summary.status}")
+        return summary.refund_id
