@@ -15,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import stripe
 
 from connectors.base import (
+    Actor,
     ChargeOutcome,
     ChargeRequest,
     ConnectorError,
@@ -47,6 +48,7 @@ from connectors.stripe.mapping import (
 from connectors.values import MappingError
 
 T = TypeVar("T")
+S = TypeVar("S", bound=stripe.StripeObject)
 
 DEFAULT_BASE_URL = "https://api.stripe.com"
 PAGE_SIZE = 100
@@ -102,11 +104,16 @@ def translate(exc: stripe.StripeError, what: str) -> ConnectorError:
 class StripeProcessor:
     """:class:`~connectors.base.PaymentProcessor` on Stripe (or anything speaking its API at ``base_url``)."""
 
-    def __init__(self, api_key: str, *, base_url: str = DEFAULT_BASE_URL, timeout: float = 30.0) -> None:
+    def __init__(
+        self, api_key: str, *, base_url: str = DEFAULT_BASE_URL, timeout: float = 30.0, page_size: int = PAGE_SIZE
+    ) -> None:
         if not api_key:
-            raise FatalError("stripe: no API key configured")
+            raise FatalError("stripe: no API key configured", actor=Actor.CONFIG)
+        if not 1 <= page_size <= PAGE_SIZE:
+            raise ValueError(f"page_size must be 1..{PAGE_SIZE}")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.page_size = page_size
         self._client = stripe.StripeClient(
             api_key,
             base_addresses={"api": self.base_url},
@@ -123,10 +130,11 @@ class StripeProcessor:
         except stripe.StripeError as exc:
             raise translate(exc, what) from exc
 
-    def _each(self, what: str, first_page: Callable[[], stripe.ListObject[T]]) -> Iterator[T]:
-        """Every item of a list, page after page (``starting_after``), errors translated."""
+    def _each(self, what: str, first_page: Callable[[], stripe.ListObject[S]]) -> Iterator[dict[str, Any]]:
+        """Every item of a list as a plain dict, page after page (``starting_after``), errors translated."""
         try:
-            yield from first_page().auto_paging_iter()
+            for item in first_page().auto_paging_iter():
+                yield _plain(item)
         except stripe.StripeError as exc:
             raise translate(exc, what) from exc
 
@@ -139,7 +147,7 @@ class StripeProcessor:
         Creation uses the idempotency key ``customer:{our_customer_id}``, so a retried
         creation within Stripe's 24 hours returns the same customer.
         """
-        params: dict[str, Any] = {"limit": PAGE_SIZE}
+        params: dict[str, Any] = {"limit": self.page_size}
         if email:
             params["email"] = email
         for customer in self._each("list customers", lambda: self._client.v1.customers.list(params=params)):  # type: ignore[arg-type]
@@ -165,11 +173,13 @@ class StripeProcessor:
         methods: list[SavedMethod] = []
         for pm in self._each(
             "list payment methods",
-            lambda: self._client.v1.payment_methods.list(params={"customer": processor_customer_id, "limit": PAGE_SIZE}),
+            lambda: self._client.v1.payment_methods.list(
+                params={"customer": processor_customer_id, "limit": self.page_size}
+            ),
         ):
             if pm.get("type") not in SAVED_METHOD_TYPES:
                 continue
-            method = saved_method(_plain(pm), processor_customer_id)
+            method = saved_method(pm, processor_customer_id)
             if method is not None:
                 methods.append(method)
         return methods
@@ -207,7 +217,10 @@ class StripeProcessor:
             return self._declined(request, exc)
         except stripe.StripeError as exc:
             raise translate(exc, f"charge {request.key}") from exc
-        return outcome_from_payment_intent(_plain(intent), request.key)
+        try:
+            return outcome_from_payment_intent(_plain(intent), request.key)
+        except MappingError as exc:
+            raise FatalError(f"stripe charge {request.key}: {exc}") from exc
 
     def _declined(self, request: ChargeRequest, exc: stripe.CardError) -> ChargeOutcome:
         error = _error_body(exc)
@@ -220,13 +233,13 @@ class StripeProcessor:
             # charge gets one more read. The decline is certain either way: if that read
             # fails, the outcome goes back without the id rather than as "unknown".
             try:
-                charge = self._client.v1.charges.retrieve(charge_id)
+                charge = _plain(self._client.v1.charges.retrieve(charge_id))
             except stripe.StripeError:
                 return outcome
             pi = charge.get("payment_intent")
-            pi_id = pi if isinstance(pi, str) else getattr(pi, "id", None)
-            if pi_id:
-                outcome = replace(outcome, processor_id=str(pi_id))
+            pi_id = pi.get("id") if isinstance(pi, Mapping) else pi
+            if isinstance(pi_id, str) and pi_id:
+                outcome = replace(outcome, processor_id=pi_id)
         return outcome
 
     def find_charge(self, key: str, processor_customer_id: str) -> ChargeOutcome | None:
@@ -239,17 +252,16 @@ class StripeProcessor:
             self._each(
                 "list payment intents",
                 lambda: self._client.v1.payment_intents.list(
-                    params={"customer": processor_customer_id, "limit": PAGE_SIZE}
+                    params={"customer": processor_customer_id, "limit": self.page_size}
                 ),
             )
         )
         found: list[ChargeOutcome] = []
         for intent in reversed(intents):
-            plain = _plain(intent)
-            if key_of(plain) != key:
+            if key_of(intent) != key:
                 continue
             try:
-                found.append(outcome_from_payment_intent(plain, key))
+                found.append(outcome_from_payment_intent(intent, key))
             except MappingError as exc:
                 raise FatalError(f"stripe find_charge {key}: {exc}") from exc
         return pick_attempt(found)
@@ -259,15 +271,16 @@ class StripeProcessor:
     def refund(self, processor_id: str, amount: Decimal | None, key: str) -> str:
         """Refund a PaymentIntent (or a ``ch_`` charge), in full or ``amount`` in its currency.
 
-        Sent under the idempotency key ``key``. Returns the refund's id; a refund Stripe
+        Sent under the idempotency key ``key``, which the refund also keeps in its metadata
+        (``arsync_key``) so it can be found again. Returns the refund's id; a refund Stripe
         reports ``failed`` or ``canceled`` at once raises :class:`FatalError`.
         """
         target = "charge" if processor_id.startswith("ch_") else "payment_intent"
-        params: dict[str, Any] = {target: processor_id}
+        params: dict[str, Any] = {target: processor_id, "metadata": {KEY_METADATA: key}}
         if amount is not None:
             paid = self._call(
                 f"retrieve {processor_id}",
-                lambda: (
+                lambda: _plain(
                     self._client.v1.charges.retrieve(processor_id)
                     if target == "charge"
                     else self._client.v1.payment_intents.retrieve(processor_id)

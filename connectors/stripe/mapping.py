@@ -218,13 +218,13 @@ def outcome_from_payment_intent(payment_intent: Mapping[str, Any], key: str | No
     status = _text(payment_intent.get("status"))
     error = payment_intent.get("last_payment_error")
     base = ChargeOutcome(key, ChargeState.SUCCEEDED, pi_id, amount, normalize_currency(currency))
-    if status in PAYMENT_INTENT_STATES:
-        return _replace(base, state=PAYMENT_INTENT_STATES[status])
+    if status is not None and status in PAYMENT_INTENT_STATES:
+        return replace(base, state=PAYMENT_INTENT_STATES[status])
     if isinstance(error, Mapping) and status in ("requires_payment_method", "canceled"):
         return _declined(base, error)
     if status == "canceled":
         reason = _text(payment_intent.get("cancellation_reason"))
-        return _replace(
+        return replace(
             base, state=ChargeState.SOFT_DECLINE, decline_code="canceled", message=f"canceled ({reason or 'no reason'})"
         )
     raise MappingError(f"{where}: status {status!r} is not the result of a confirmed attempt")
@@ -251,7 +251,7 @@ def _declined(base: ChargeOutcome, error: Mapping[str, Any]) -> ChargeOutcome:
     code = _text(error.get("code"))
     decline_code = _text(error.get("decline_code"))
     advice = _text(error.get("advice_code"))
-    return _replace(
+    return replace(
         base,
         state=decline_state(code, decline_code, advice),
         decline_code=decline_code or code,
@@ -273,13 +273,17 @@ def outcome_from_charge(charge: Mapping[str, Any], key: str) -> ChargeOutcome:
         raise MappingError(f"{where}: no currency")
     amount = from_minor_units(charge.get("amount"), currency)
     base = ChargeOutcome(
-        key, ChargeState.SUCCEEDED, _id_of(charge.get("payment_intent")) or charge_id, amount, normalize_currency(currency)
+        key,
+        ChargeState.SUCCEEDED,
+        _id_of(charge.get("payment_intent")) or charge_id,
+        amount,
+        normalize_currency(currency),
     )
     status = _text(charge.get("status"))
     if status == "succeeded":
-        return base if charge.get("captured", True) else _replace(base, state=ChargeState.PROCESSING)
+        return base if charge.get("captured", True) else replace(base, state=ChargeState.PROCESSING)
     if status == "pending":
-        return _replace(base, state=ChargeState.PROCESSING)
+        return replace(base, state=ChargeState.PROCESSING)
     if status == "failed":
         outcome = charge.get("outcome")
         outcome = outcome if isinstance(outcome, Mapping) else {}
@@ -293,10 +297,6 @@ def outcome_from_charge(charge: Mapping[str, Any], key: str) -> ChargeOutcome:
             },
         )
     raise MappingError(f"{where}: unknown status {status!r}")
-
-
-def _replace(outcome: ChargeOutcome, **changes: Any) -> ChargeOutcome:
-    return replace(outcome, **changes)
 
 
 _STATE_RANK = {
