@@ -32,6 +32,7 @@ from sync.store import (
     apply_page,
     live_external_ids,
     mark_deleted,
+    refresh_statistics,
     resolve_quarantine,
 )
 
@@ -288,9 +289,11 @@ class SyncEngine:
             resume = progress.resume
             started = progress.started_at
             assert started is not None
-        for page in source.pull(entity, window, resume):
+        for number, page in enumerate(source.pull(entity, window, resume), 1):
             with self.sessions.begin() as session:
                 counts = self._apply(session, source.connection, page)
+                if number & (number - 1) == 0:  # pages 1, 2, 4, 8, ...: statistics keep up with the table
+                    refresh_statistics(session, entity)
                 session.execute(
                     sa.update(PullProgress)
                     .where(
