@@ -217,7 +217,11 @@ def apply_page(
             counts.written += 1
             counts.written_ids.append(record.external_id)
         if inserts:
-            session.execute(sa.insert(table), [_row_values(r) | {"synced_at": now} for r in inserts])
+            # render_nulls: one INSERT per page, not a new batch whenever the set of empty columns changes
+            session.execute(
+                sa.insert(table).execution_options(render_nulls=True),
+                [_row_values(r) | {"synced_at": now} for r in inserts],
+            )
             new_ids = {
                 external_id: row_id
                 for external_id, row_id in session.execute(
@@ -277,7 +281,7 @@ def _insert_children(session: Session, entity: Entity, parents: Iterable[tuple[i
         table, more = _children(entity, parent_id, record)
         rows.extend(more)
     if rows:
-        session.execute(sa.insert(table), rows)
+        session.execute(sa.insert(table).execution_options(render_nulls=True), rows)
 
 
 def _replace_children(session: Session, entity: Entity, parent_id: int, record: Record) -> None:
@@ -294,7 +298,7 @@ def _replace_children(session: Session, entity: Entity, parent_id: int, record: 
             )
         )
     if rows:
-        session.execute(sa.insert(table), rows)
+        session.execute(sa.insert(table).execution_options(render_nulls=True), rows)
 
 
 def quarantine(session: Session, item: Quarantined, now: datetime) -> None:

@@ -277,6 +277,15 @@ def _parse_response(response: requests.Response) -> _Parsed:
     return _Parsed("other", None)
 
 
+def _plain_json_success(content: bytes) -> bool:
+    """A whole JSON object that does not open with a fault: cheap, without decoding the body."""
+    body = content.strip()
+    if body[:1] != b"{" or body[-1:] != b"}":
+        return False
+    head = body[1:40].lstrip().lower()
+    return not (head.startswith(b'"fault"') or head.startswith(b'"warnings"'))
+
+
 class QuickBooksFaults:
     """The QuickBooks classification table, with an injected clock for ``Retry-After``.
 
@@ -297,6 +306,9 @@ class QuickBooksFaults:
 
     def classify(self, response: requests.Response) -> Classification:
         status = response.status_code
+        if 200 <= status < 300 and _plain_json_success(response.content or b""):
+            # The caller decodes a success once; a Fault in a 200 starts the body, so it is not missed.
+            return Classification(Resolution.SUCCESS, Actor.SYSTEM, "")
         parsed = _parse_response(response)
         fault = parsed.fault
         message = _message(response, fault, parsed.kind)
