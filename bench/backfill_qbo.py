@@ -7,11 +7,12 @@ Two measurements, printed as plain-text tables (nothing is asserted):
    rate limits on (10 req/s, 500 req/min, 10 concurrent) and a latency added
    to every API call. The sync runs in a second, freshly spawned process:
    config file -> ``bootstrap`` -> ``sync.db.upgrade`` -> ``App.register`` ->
-   OAuth through ``arsync.demo.authorise`` -> ``SyncEngine.sync(full=True)``.
+   OAuth through ``arsync.sandboxes.authorise`` -> ``SyncEngine.sync(full=True)``.
    Reported: API calls per entity against the floor (one call per 1000 rows),
    wall time against the floor the latency and the rate limits impose, rows
    per second, and the sync process's own peak memory (``ru_maxrss`` and the
    ``tracemalloc`` peak), which must not grow with the number of rows.
+   ``--resync`` adds a second full sync over the unchanged source.
 2. **Mapping and upsert without network.** Invoice query pages (1000 realistic
    invoices each, ``bench/qbo_payloads.py``) are parsed with ``Decimal``,
    mapped with ``map_query_response`` and written with ``apply_page`` in one
@@ -21,8 +22,10 @@ Two measurements, printed as plain-text tables (nothing is asserted):
 Usage::
 
     python bench/backfill_qbo.py                      # 100k invoices + 20k customers, real limits, 150 ms
-    python bench/backfill_qbo.py --scale 100000,1000000 --mapping-db none
-    python bench/backfill_qbo.py --invoices 5000 --customers 500 --latency 0 --no-limits
+    python bench/backfill_qbo.py --scale 100000,1000000 --no-limits --latency 0 --mapping-db none --resync
+    python bench/backfill_qbo.py --invoices 5000 --customers 500 --latency 0 --no-limits --mapping-invoices 5000
+
+See ``bench/README.md`` for what each figure means.
 
 PostgreSQL comes from ``ARSYNC_BENCH_PG_URL`` (default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test``); each run uses a fresh
@@ -64,7 +67,7 @@ from connectors.base import Entity
 from connectors.quickbooks.mapping import ENTITY_NAMES, map_query_response
 from sync.db import make_engine, upgrade
 from sync.models import Connection, DocumentLine, Tenant
-from sync.store import TABLES, apply_page, resolve_quarantine
+from sync.store import TABLES, ApplyCounts, apply_page, refresh_statistics, resolve_quarantine
 
 NAME = "bench-qbo"
 TENANT = "bench"
@@ -115,6 +118,26 @@ def table(rows: Sequence[Sequence[str]], *, header: bool = True, align: str = ""
             print("  " + "  ".join("-" * w for w in widths), file=out)
 
 
+def revision() -> str:
+    """The commit measured, and whether the working tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench", ":!docs"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "commit unknown"
+    return f"commit {head}" + (" + uncommitted changes outside bench/ and docs/" if dirty else "")
+
+
 def title(text: str) -> None:
     print()
     print(text)
@@ -135,11 +158,25 @@ def database(kind: str, workdir: Path) -> Iterator[str]:
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
     finally:
         with admin.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used, or None when it answers."""
+    engine = sa.create_engine(PG_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except sa.exc.SQLAlchemyError as exc:
+        cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        return f"PostgreSQL is not reachable at {PG_URL} ({type(cause).__name__}); set ARSYNC_BENCH_PG_URL"
+    finally:
+        engine.dispose()
+    return None
 
 
 def db_label(kind: str) -> str:
@@ -166,10 +203,14 @@ class SandboxProcess:
         if not limits:
             command.append("--no-limits")
         self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        line = self._stdout().readline()
-        if not line:
-            raise RuntimeError(f"the sandbox process exited with {self.proc.wait()} before it was ready")
-        self.info: dict[str, Any] = json.loads(line)
+        try:
+            line = self._stdout().readline()
+            if not line:
+                raise RuntimeError(f"the sandbox process exited with {self.proc.wait()} before it was ready")
+            self.info: dict[str, Any] = json.loads(line)
+        except BaseException:
+            self.close()
+            raise
 
     def _stdout(self) -> IO[str]:
         assert self.proc.stdout is not None
@@ -232,6 +273,13 @@ class PassResult:
     rss_peak_kib: int
     rss_end_kib: int
     traced_peak: int | None
+    invoice_pages: list[tuple[float, int]] = field(default_factory=list)
+    """(seconds since the previous page, rows) of each invoice page, to see whether pages slow as the ledger grows."""
+
+    def invoice_rate(self, pages: slice) -> str:
+        chosen = self.invoice_pages[pages]
+        seconds = sum(t for t, _ in chosen)
+        return f"{num(sum(n for _, n in chosen) / seconds)} rows/s" if seconds else "-"
 
 
 @dataclass
@@ -282,6 +330,20 @@ discovery_url = "{sandbox["discovery_url"]}"
     return config
 
 
+class PageTimer:
+    """A ``SyncEngine`` page observer: the time from one committed page to the next, for invoice pages."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.invoice_pages: list[tuple[float, int]] = []
+
+    def __call__(self, entity: Entity, counts: ApplyCounts) -> None:
+        now = time.perf_counter()
+        if entity is Entity.INVOICE and counts.deleted == 0:  # the deletion check reports its own counts
+            self.invoice_pages.append((now - self.last, counts.written + counts.unchanged + counts.quarantined))
+        self.last = now
+
+
 def run_sync(job: SyncJob) -> SyncResult:
     """The sync side, in its own process: bootstrap, migrate, authorise, then full syncs."""
     rss_start = maxrss_kib()
@@ -295,11 +357,12 @@ def run_sync(job: SyncJob) -> SyncResult:
     passes: list[PassResult] = []
     for _ in range(job.passes):
         before = replace(source.transport.stats)
+        timer = PageTimer()
         if job.trace:
             tracemalloc.start()
         cpu_before = cpu_seconds()
-        started = time.perf_counter()
-        summary = app.sync_engine(NAME).sync(source, full=True)
+        started = timer.last = time.perf_counter()
+        summary = app.sync_engine(NAME, on_page=timer).sync(source, full=True)
         wall = time.perf_counter() - started
         cpu = cpu_seconds() - cpu_before
         traced_peak = None
@@ -322,6 +385,7 @@ def run_sync(job: SyncJob) -> SyncResult:
                 rss_peak_kib=maxrss_kib(),
                 rss_end_kib=current_rss_kib(),
                 traced_peak=traced_peak,
+                invoice_pages=timer.invoice_pages,
             )
         )
         if summary.status != "ok":
@@ -504,6 +568,11 @@ def print_times(report: BackfillReport, result: PassResult) -> None:
         ],
         header=False,
     )
+    if len(result.invoice_pages) >= 20:
+        print(
+            f"  invoice pages, fetch to commit: the first 10 {result.invoice_rate(slice(0, 10))}, "
+            f"the last 10 {result.invoice_rate(slice(-11, -1))} (the empty last page left out)"
+        )
 
 
 def print_backfill(report: BackfillReport) -> None:
@@ -651,6 +720,13 @@ class PassTimes:
     written: int = 0
     unchanged: int = 0
     quarantined: int = 0
+    pages: list[tuple[int, float]] = field(default_factory=list)
+    """(rows, apply_page seconds) of each page, to show whether the upsert slows as the table grows."""
+
+    def apply_rate(self, pages: slice) -> str:
+        chosen = self.pages[pages]
+        seconds = sum(t for _, t in chosen)
+        return f"{num(sum(n for n, _ in chosen) / seconds)} rows/s" if seconds else "-"
 
 
 @dataclass
@@ -692,11 +768,15 @@ def mapping_bench(db: str, invoices: int, customers: int) -> MappingReport:
                     counts = apply_page(session, Entity.INVOICE, records, quarantined, now)
                     t4 = time.perf_counter()
                     resolve_quarantine(session, NAME, Entity.INVOICE, counts.written_ids, now)
+                    number = page + 1
+                    if number & (number - 1) == 0:  # as SyncEngine._pull does at pages 1, 2, 4, 8, ...
+                        refresh_statistics(session, Entity.INVOICE)
                 t5 = time.perf_counter()
                 times.rows += raw
                 times.parse += t1 - t0
                 times.map += t2 - t1
                 times.apply += t4 - t3
+                times.pages.append((raw, t4 - t3))
                 times.transaction += t5 - t2
                 times.written += counts.written
                 times.unchanged += counts.unchanged
@@ -730,7 +810,7 @@ def print_mapping(report: MappingReport) -> None:
         ["map_query_response", *cells(first, first.map), *cells(second, second.map)],
         ["apply_page (upsert)", *cells(first, first.apply), *cells(second, second.apply)],
         [
-            "page transaction (apply_page + resolve_quarantine + commit)",
+            "page transaction (apply_page + resolve_quarantine [+ ANALYZE] + commit)",
             *cells(first, first.transaction),
             *cells(second, second.transaction),
         ],
@@ -751,6 +831,12 @@ def print_mapping(report: MappingReport) -> None:
         f"pass 2 wrote {num(second.written)} ({num(second.unchanged)} unchanged); "
         f"ledger: {num(report.ledger_invoices)} invoices, {num(report.ledger_lines)} lines"
     )
+    if len(first.pages) >= 20:
+        print(
+            f"  apply_page over the first 10 pages / the last 10 pages: pass 1 {first.apply_rate(slice(0, 10))} / "
+            f"{first.apply_rate(slice(-10, None))}; pass 2 {second.apply_rate(slice(0, 10))} / "
+            f"{second.apply_rate(slice(-10, None))}"
+        )
 
 
 # --- command line ---------------------------------------------------------------------------------
@@ -794,6 +880,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-backfill", action="store_true", help="only the mapping/upsert measurement")
     args = parser.parse_args(argv)
+    if args.scale is not None:
+        try:
+            args.scale = [int(n.replace("_", "")) for n in args.scale.split(",") if n.strip()]
+        except ValueError:
+            parser.error("--scale takes invoice counts separated by commas, e.g. 100000,1000000")
+        if not args.scale or min(args.scale) < 0:
+            parser.error("--scale takes invoice counts separated by commas, e.g. 100000,1000000")
     for name in ("invoices", "customers", "mapping_invoices"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
@@ -813,14 +906,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"arsync backfill benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}, {platform.platform()}, "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"load average {os.getloadavg()[0]:.2f}, {revision()}"
     )
     limits = not args.no_limits
     trace = bool(args.scale) if args.tracemalloc is None else bool(args.tracemalloc)
-    counts = [int(n) for n in args.scale.split(",")] if args.scale else [args.invoices]
+    counts: list[int] = args.scale or [args.invoices]
+    wanted = ([] if args.skip_backfill else kinds(args.db)) + kinds(args.mapping_db)
+    problem = postgres_problem() if "postgres" in wanted else None
+    if problem:
+        print(f"\n{problem}: the PostgreSQL runs are skipped")
+
+    def usable(choice: str) -> list[str]:
+        return [db for db in kinds(choice) if db != "postgres" or problem is None]
+
     reports: list[BackfillReport] = []
     if not args.skip_backfill:
-        for db in kinds(args.db):
+        for db in usable(args.db):
             for invoices in counts:
                 report = backfill(
                     customers=args.customers,
@@ -836,7 +937,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stdout.flush()
         if args.scale:
             print_scale(reports)
-    for db in kinds(args.mapping_db):
+    for db in usable(args.mapping_db):
         print_mapping(mapping_bench(db, args.mapping_invoices, max(1, args.customers)))
         sys.stdout.flush()
     failed = [r for r in reports if any(p.status != "ok" for p in r.result.passes)]
