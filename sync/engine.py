@@ -30,8 +30,8 @@ from sync.models import Connection, PullProgress, SyncCursor, SyncRun
 from sync.store import (
     ApplyCounts,
     apply_page,
-    live_external_ids,
     mark_deleted,
+    missing_at_source,
     refresh_statistics,
     resolve_quarantine,
 )
@@ -331,13 +331,12 @@ class SyncEngine:
         for chunk in source.external_ids(entity):
             at_source.update(chunk)
         with self.sessions.begin() as session:
-            live = live_external_ids(session, source.connection, entity)
-            gone = live - at_source
-            limit = self.policy.delete_guard_ratio * len(live)
-            if len(live) >= self.policy.delete_guard_minimum and len(gone) > limit:
+            live, gone = missing_at_source(session, source.connection, entity, at_source)
+            limit = self.policy.delete_guard_ratio * live
+            if live >= self.policy.delete_guard_minimum and len(gone) > limit:
                 raise DeleteGuardError(
                     f"{source.connection}: the source lists {len(at_source)} {entity.value} records "
-                    f"but the ledger holds {len(live)}; marking {len(gone)} deleted exceeds the "
+                    f"but the ledger holds {live}; marking {len(gone)} deleted exceeds the "
                     f"guard ({self.policy.delete_guard_ratio:.0%}). Check the connection points at "
                     "the right company; raise delete_guard_ratio to accept."
                 )

@@ -352,14 +352,24 @@ def resolve_quarantine(
     )
 
 
-def live_external_ids(session: Session, connection: str, entity: Entity) -> set[str]:
+def missing_at_source(session: Session, connection: str, entity: Entity, at_source: set[str]) -> tuple[int, list[str]]:
+    """How many records the ledger holds live, and which of them ``at_source`` lacks.
+
+    The ledger's ids are streamed, not collected: only the source's set is
+    held in memory, and the (usually short) list of the missing.
+    """
     table = TABLES[entity]
     query = sa.select(table.external_id).where(table.connection_id == connection)
     if entity is Entity.CUSTOMER:
         query = query.where(table.deleted.is_(False))
     else:
         query = query.where(table.status != "deleted")
-    return set(session.execute(query).scalars())
+    live, gone = 0, []
+    for external_id in session.execute(query.execution_options(yield_per=10_000)).scalars():
+        live += 1
+        if external_id not in at_source:
+            gone.append(external_id)
+    return live, gone
 
 
 def mark_deleted(session: Session, connection: str, entity: Entity, external_ids: Iterable[str], now: datetime) -> int:
