@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+import requests
 import sqlalchemy as sa
 
 from arsync.bootstrap import App, bootstrap
@@ -323,3 +324,19 @@ def test_a_malformed_invoice_is_quarantined_and_the_rest_syncs(env: Env) -> None
         row = s.execute(sa.select(QuarantinedRecord)).scalar_one()
     assert row.external_id == bad and "Total" in row.reason
     assert bad not in env.ledger_invoices()
+
+
+def test_a_quota_spent_by_another_app_is_waited_out_before_a_429(env: Env) -> None:
+    """Another client spends the organisation's minute; the rate headers tell us, and we wait instead of erring."""
+    with env.app.sessions() as s:
+        row = s.get(Connection, NAME)
+        assert row is not None and row.access_token is not None
+        token = row.access_token
+    headers = {"Authorization": f"Bearer {token}", "xero-tenant-id": env.tenant, "Accept": "application/json"}
+    for _ in range(59):
+        other = requests.get(f"{env.sandbox.api_base}/Accounts", headers=headers, timeout=10)
+        assert other.status_code == 200
+    summary = env.sync()
+    assert summary.status == "ok", summary.error
+    assert 60.0 in env.clock.slept
+    assert env.source().transport.stats.throttled == 0
