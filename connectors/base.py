@@ -376,6 +376,139 @@ class SavedMethod:
     """``credit`` / ``debit`` / ``prepaid`` for cards: surcharges never apply to debit where configured."""
 
 
+@dataclass(frozen=True)
+class HostedLink:
+    """A page at the processor where the customer acts (Stripe Checkout): save a method, or pay."""
+
+    processor_id: str
+    """The processor's id for the page (Stripe Checkout Session ``cs_...``)."""
+    url: str
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LinkRequest:
+    """A hosted page to create, under our deterministic key (idempotency key and metadata)."""
+
+    key: str
+    processor_customer_id: str
+    success_url: str
+    cancel_url: str
+    method_types: tuple[str, ...] = ("card", "us_bank_account")
+    amount: Decimal | None = None
+    """Payment mode: the amount to collect; ``None`` asks for a setup link (save a method, charge nothing)."""
+    currency: str | None = None
+    description: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """A payment method the customer saved through a setup link, with the permission they gave."""
+
+    link_id: str
+    processor_customer_id: str
+    method: SavedMethod
+    enrolled_at: datetime
+    scope: str
+    """What the customer allowed: ``off_session`` (charges while they are absent, by rule or by the vendor)."""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class EventKind(enum.StrEnum):
+    CHARGE = "charge"
+    """A charge attempt changed state (succeeded, failed, processing, returned after success)."""
+    REFUND = "refund"
+    DISPUTE = "dispute"
+    PAYOUT = "payout"
+    ENROLMENT = "enrolment"
+    """A setup link was completed: a method was saved."""
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class ChargeUpdate:
+    processor_id: str
+    """The PaymentIntent."""
+    key: str | None
+    """Our key from the attempt's metadata (None: not one of ours)."""
+    state: ChargeState
+    amount: Decimal
+    currency: str
+    decline_code: str | None = None
+    method_type: str | None = None
+    charge_id: str | None = None
+    """The processor's charge under the attempt (``ch_...``), which balance transactions name."""
+    returned: bool = False
+    """A bank debit that had succeeded and was returned (ACH return): the payment is reversed."""
+
+
+@dataclass(frozen=True)
+class RefundUpdate:
+    refund_id: str
+    payment_processor_id: str | None
+    """The PaymentIntent refunded (or the charge, when no PaymentIntent is named)."""
+    amount: Decimal
+    currency: str
+    status: str
+    """``pending`` / ``succeeded`` / ``failed`` / ``canceled`` / ``requires_action``."""
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class DisputeUpdate:
+    dispute_id: str
+    payment_processor_id: str | None
+    amount: Decimal
+    currency: str
+    status: str
+    """Stripe's: ``warning_needs_response`` ... ``won`` / ``lost``."""
+    reason: str | None = None
+    charge_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PayoutUpdate:
+    payout_id: str
+    amount: Decimal
+    currency: str
+    status: str
+    """``pending`` / ``in_transit`` / ``paid`` / ``failed`` / ``canceled``."""
+    arrival_date: date | None = None
+
+
+@dataclass(frozen=True)
+class ProcessorEvent:
+    """One event from the processor's feed, already mapped; ``subject`` is ``None`` for kinds we ignore."""
+
+    id: str
+    created: datetime
+    type: str
+    """The processor's own event type (``payment_intent.succeeded``)."""
+    kind: EventKind
+    subject: ChargeUpdate | RefundUpdate | DisputeUpdate | PayoutUpdate | Enrolment | None = None
+
+
+@dataclass(frozen=True)
+class BalanceLine:
+    """One balance transaction inside a payout: what the bank deposit is made of."""
+
+    id: str
+    payout_id: str
+    type: str
+    """``charge`` / ``payment`` / ``refund`` / ``adjustment`` (dispute) / ``stripe_fee`` / ``payout`` ..."""
+    source_id: str | None
+    """The charge, refund or dispute this line moved money for."""
+    payment_processor_id: str | None
+    """The PaymentIntent behind the source, when there is one."""
+    amount: Decimal
+    fee: Decimal
+    net: Decimal
+    currency: str
+    created: datetime
+    reporting_category: str | None = None
+
+
 class PaymentProcessor(Protocol):
     """Charges saved payment methods, exactly once by key."""
 
@@ -394,3 +527,23 @@ class PaymentProcessor(Protocol):
         ...
 
     def refund(self, processor_id: str, amount: Decimal | None, key: str) -> str: ...
+
+    def find_refund(self, key: str, processor_id: str) -> str | None:
+        """The refund made under ``key`` for the payment ``processor_id``, if any: for outcomes left unknown."""
+        ...
+
+    def create_link(self, request: LinkRequest) -> HostedLink:
+        """A hosted page: setup mode when ``request.amount`` is None, else payment mode."""
+        ...
+
+    def link_enrolment(self, link_id: str) -> Enrolment | None:
+        """The method saved through a setup link, once the customer completed it (None until then)."""
+        ...
+
+    def events(self, after: str | None) -> Iterator[ProcessorEvent]:
+        """Events newer than the event ``after`` (all the processor keeps when None), oldest first."""
+        ...
+
+    def payout_lines(self, payout_id: str) -> Iterator[BalanceLine]:
+        """The balance transactions a payout pays out (the payout's own line excluded)."""
+        ...
