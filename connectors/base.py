@@ -103,6 +103,8 @@ class InvoiceRecord:
     memo: str | None = None
     currency_rate: Decimal | None = None
     """Units of home currency per unit of the document's currency, as the source states it."""
+    agreement_ref: str | None = None
+    """The agreement, recurring template or contract the invoice was raised from (auto-pay rules select on it)."""
 
 
 @dataclass(frozen=True)

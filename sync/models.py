@@ -170,6 +170,8 @@ class Invoice(_Synced, table=True):
     status: str = Field(max_length=20)
     memo: str | None = None
     currency_rate: Decimal | None = rate()
+    agreement_ref: str | None = Field(default=None, max_length=100)
+    """The agreement or recurring template the invoice was raised from."""
 
 
 class Payment(_Synced, table=True):
@@ -321,3 +323,208 @@ class JournalEntry(SQLModel, table=True):
     error: str | None = None
     created_at: datetime | None = utc(nullable=False)
     updated_at: datetime | None = utc(nullable=False)
+
+
+# --- Collecting: tags, holds, processor links, saved methods, charges, payouts -------------
+
+
+class CustomerTag(SQLModel, table=True):
+    """A label on a ledger customer (``msp``, ``no-autopay``) that auto-pay rules and dunning select on."""
+
+    __tablename__ = "customer_tag"
+
+    connection_id: str = Field(foreign_key="connection.id", primary_key=True, max_length=100)
+    customer_external_id: str = Field(primary_key=True, max_length=100)
+    tag: str = Field(primary_key=True, max_length=60)
+
+
+class InvoiceHold(SQLModel, table=True):
+    """Something that stops collecting an invoice for a while: a dispute, a hold, a promise to pay."""
+
+    __tablename__ = "invoice_hold"
+    __table_args__ = (sa.Index("ix_invoice_hold_invoice", "connection_id", "invoice_external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: str = Field(foreign_key="connection.id", max_length=100)
+    invoice_external_id: str = Field(max_length=100)
+    kind: str = Field(max_length=20)
+    """``dispute`` / ``hold`` (others are added by dunning)."""
+    reason: str
+    until: date | None = None
+    created_at: datetime | None = utc(nullable=False)
+    released_at: datetime | None = utc()
+
+
+class ProcessorLink(SQLModel, table=True):
+    """A ledger customer's customer at the payment processor (whose metadata carries our id)."""
+
+    __tablename__ = "processor_link"
+
+    connection_id: str = Field(foreign_key="connection.id", primary_key=True, max_length=100)
+    customer_external_id: str = Field(primary_key=True, max_length=100)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=100, index=True)
+    processor_customer_id: str = Field(max_length=100, index=True)
+    created_at: datetime | None = utc(nullable=False)
+
+
+class HostedLinkRow(SQLModel, table=True):
+    """A hosted page sent to a customer: a setup link (enrolment) or a payment link."""
+
+    __tablename__ = "hosted_link"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=250, unique=True)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=100)
+    connection_id: str = Field(foreign_key="connection.id", max_length=100)
+    customer_external_id: str = Field(max_length=100)
+    invoice_external_id: str | None = Field(default=None, max_length=100)
+    mode: str = Field(max_length=20)
+    """``setup`` or ``payment``."""
+    processor_id: str = Field(max_length=200, unique=True)
+    url: str
+    amount: Decimal | None = money(nullable=True)
+    currency: str | None = Field(default=None, max_length=3)
+    created_at: datetime | None = utc(nullable=False)
+    expires_at: datetime | None = utc()
+    completed_at: datetime | None = utc()
+
+
+class SavedPaymentMethod(SQLModel, table=True):
+    """A card or bank account a customer enrolled, with when and what they allowed."""
+
+    __tablename__ = "saved_payment_method"
+    __table_args__ = (sa.Index("ix_saved_method_customer", "connection_id", "customer_external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: str = Field(foreign_key="connection.id", max_length=100)
+    customer_external_id: str = Field(max_length=100)
+    processor_customer_id: str = Field(max_length=100)
+    payment_method_id: str = Field(max_length=100, unique=True)
+    kind: str = Field(max_length=30)
+    brand: str | None = Field(default=None, max_length=30)
+    last4: str | None = Field(default=None, max_length=4)
+    funding: str | None = Field(default=None, max_length=20)
+    scope: str = Field(max_length=30)
+    """``off_session``: the customer allowed charges while absent (auto-pay and vendor-initiated)."""
+    enrolled_at: datetime | None = utc(nullable=False)
+    link_id: str | None = Field(default=None, max_length=200)
+    active: bool = True
+
+
+class ProcessorPayment(SQLModel, table=True):
+    """One charge attempt at the processor (ours, by key, or one we learnt of from its events)."""
+
+    __tablename__ = "processor_payment"
+    __table_args__ = (sa.Index("ix_processor_payment_invoice", "connection_id", "invoice_external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=250, unique=True)
+    processor_id: str | None = Field(default=None, max_length=100, unique=True)
+    charge_id: str | None = Field(default=None, max_length=100, index=True)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=100)
+    connection_id: str | None = Field(default=None, max_length=100)
+    invoice_external_id: str | None = Field(default=None, max_length=100)
+    customer_external_id: str | None = Field(default=None, max_length=100)
+    amount: Decimal = money()
+    """Applied to the invoice (the surcharge is not part of it)."""
+    surcharge: Decimal = money()
+    currency: str = Field(max_length=3)
+    method_type: str | None = Field(default=None, max_length=30)
+    payment_method_id: str | None = Field(default=None, max_length=100)
+    state: str = Field(max_length=20)
+    decline_code: str | None = Field(default=None, max_length=60)
+    returned: bool = False
+    """A bank debit returned after it had succeeded: the payment is reversed."""
+    created_at: datetime | None = utc(nullable=False)
+    updated_at: datetime | None = utc(nullable=False)
+    applied_in_ledger_at: datetime | None = utc()
+    """When the ledger's balance came to include this payment (set by write-back); until then it is
+    subtracted from the ledger balance when deciding what to charge."""
+
+
+class ProcessorRefund(SQLModel, table=True):
+    __tablename__ = "processor_refund"
+
+    refund_id: str = Field(primary_key=True, max_length=100)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=100)
+    payment_processor_id: str | None = Field(default=None, max_length=100, index=True)
+    key: str | None = Field(default=None, max_length=250)
+    amount: Decimal = money()
+    currency: str = Field(max_length=3)
+    status: str = Field(max_length=20)
+    updated_at: datetime | None = utc(nullable=False)
+
+
+class ProcessorDispute(SQLModel, table=True):
+    __tablename__ = "processor_dispute"
+
+    dispute_id: str = Field(primary_key=True, max_length=100)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=100)
+    payment_processor_id: str | None = Field(default=None, max_length=100, index=True)
+    charge_id: str | None = Field(default=None, max_length=100)
+    amount: Decimal = money()
+    currency: str = Field(max_length=3)
+    status: str = Field(max_length=40)
+    reason: str | None = None
+    updated_at: datetime | None = utc(nullable=False)
+
+
+class Payout(SQLModel, table=True):
+    """Money the processor sent to the bank: one line on the bank statement, named by ``payout_id``."""
+
+    __tablename__ = "payout"
+
+    payout_id: str = Field(primary_key=True, max_length=100)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=100, index=True)
+    amount: Decimal = money()
+    currency: str = Field(max_length=3)
+    status: str = Field(max_length=20)
+    arrival_date: date | None = None
+    lines_loaded_at: datetime | None = utc()
+    updated_at: datetime | None = utc(nullable=False)
+
+
+class BalanceLineRow(SQLModel, table=True):
+    """One balance transaction inside a payout: gross, fee and net for a charge, refund or dispute."""
+
+    __tablename__ = "balance_line"
+
+    id: str = Field(primary_key=True, max_length=100)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=100)
+    payout_id: str = Field(max_length=100, index=True)
+    type: str = Field(max_length=40)
+    source_id: str | None = Field(default=None, max_length=100)
+    payment_processor_id: str | None = Field(default=None, max_length=100)
+    amount: Decimal = money()
+    fee: Decimal = money()
+    net: Decimal = money()
+    currency: str = Field(max_length=3)
+    created: datetime | None = utc(nullable=False)
+    reporting_category: str | None = Field(default=None, max_length=60)
+
+
+class ProcessorCursor(SQLModel, table=True):
+    """How far a tenant's processor event feed has been read (the newest event applied)."""
+
+    __tablename__ = "processor_cursor"
+
+    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=100)
+    last_event_id: str | None = Field(default=None, max_length=100)
+    last_event_created: datetime | None = utc()
+    updated_at: datetime | None = utc(nullable=False)
+
+
+class ChargeInstalment(SQLModel, table=True):
+    """One instalment of an invoice's payment plan: charged on its day instead of the whole balance."""
+
+    __tablename__ = "charge_instalment"
+    __table_args__ = (sa.UniqueConstraint("connection_id", "invoice_external_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: str = Field(foreign_key="connection.id", max_length=100)
+    invoice_external_id: str = Field(max_length=100)
+    seq: int
+    due_on: date
+    amount: Decimal = money()
+    currency: str = Field(max_length=3)
+    created_at: datetime | None = utc(nullable=False)

@@ -99,6 +99,7 @@ def _row_values(record: Record) -> dict[str, Any]:
                 "status": record.status.value,
                 "memo": record.memo,
                 "currency_rate": record.currency_rate,
+                "agreement_ref": record.agreement_ref,
             }
         case PaymentRecord():
             return base | {

@@ -400,6 +400,7 @@ def map_invoice(connection: str, obj: Mapping[str, Any], *, home_currency: str =
         status=invoice_status(obj, total, balance),
         lines=_lines(obj, where),
         memo=_text(obj, "CustomerMemo") or _text(obj, "PrivateNote"),
+        agreement_ref=_ref(obj, "RecurDataRef", where),
     )
 
 

@@ -306,6 +306,11 @@ def _text(obj: Mapping[str, Any], field: str) -> str | None:
     return text or None
 
 
+def _guid_or_none(value: str | None) -> str | None:
+    """Xero writes the all-zero GUID where a reference is absent."""
+    return None if value == NIL_GUID else value
+
+
 def _object(obj: Mapping[str, Any], field: str, where: str) -> Mapping[str, Any] | None:
     raw = obj.get(field)
     if raw is None:
@@ -567,6 +572,7 @@ def map_invoice(connection: str, obj: Mapping[str, Any]) -> InvoiceRecord | None
         lines=_lines(obj, where),
         memo=_text(obj, "Reference"),
         currency_rate=_rate(obj, where),
+        agreement_ref=_guid_or_none(_text(obj, "RepeatingInvoiceID")),
     )
 
 
