@@ -138,7 +138,7 @@ class AutopayPolicy:
 
     def matching_rule(self, c: Candidate, today: date) -> tuple[AutopayRule | None, list[str]]:
         """The first rule that matches, else None with each rule's reason for refusing."""
-        reasons = []
+        reasons: list[str] = []
         for rule in self.rules:
             why = rule.refusal(c, today)
             if why is None:

@@ -117,7 +117,7 @@ def test_a_planned_charge_is_made_once(sessions: sessionmaker[Session], clock: F
     executor = ChargeExecutor(sessions, processor, clock)
     run(sessions, executor, clock)
     run(sessions, executor, clock)
-    assert list(processor.made) == [planned.key] == ["charge:acme:acme-qbo:130:1"]
+    assert list(processor.made) == [planned.key] == ["charge:acme:acme-qbo:130:auto:1"]
     assert processor.made[planned.key].amount == Decimal("250.00")
     assert statuses(sessions) == {planned.key: ("done", None)}
 
