@@ -1,0 +1,183 @@
+"""Enrolling a customer in auto-pay: link to the processor, send a setup link, record the saved method.
+
+The ledger customer is linked to one processor customer (whose metadata carries
+our id, so the link can be found again). ``arsync autopay enroll`` creates a
+hosted setup page; once the customer completes it, the method is recorded with
+the time and the permission (``off_session``) they gave, either from the
+processor's event or by asking the processor about the link.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
+
+from collect.charging import LinkSettings
+from connectors.base import Clock, Enrolment, HostedLink, LinkRequest, PaymentProcessor
+from sync.models import Customer, CustomerContact, HostedLinkRow, ProcessorLink, SavedPaymentMethod
+
+
+class EnrolmentError(Exception):
+    """The customer cannot be enrolled (not in the ledger, say)."""
+
+
+@dataclass(frozen=True)
+class CustomerView:
+    tenant: str
+    connection: str
+    external_id: str
+    name: str
+    email: str | None
+
+
+def find_customer(session: Session, tenant: str, connections: list[str], external_id: str) -> CustomerView:
+    rows = session.execute(
+        sa.select(col(Customer.id), col(Customer.connection_id), col(Customer.name)).where(
+            col(Customer.connection_id).in_(connections), col(Customer.external_id) == external_id
+        )
+    ).all()
+    if not rows:
+        raise EnrolmentError(f"customer {external_id!r} is not in the ledger of tenant {tenant!r}; sync first")
+    if len(rows) > 1:
+        found = ", ".join(r[1] for r in rows)
+        raise EnrolmentError(f"customer {external_id!r} is in several connections ({found}); name the connection")
+    row_id, connection, name = rows[0]
+    email = session.execute(
+        sa.select(col(CustomerContact.email)).where(col(CustomerContact.customer_id) == row_id).limit(1)
+    ).scalar_one_or_none()
+    return CustomerView(tenant, connection, external_id, name, email)
+
+
+def link_customer(
+    sessions: sessionmaker[Session], processor: PaymentProcessor, customer: CustomerView, clock: Clock
+) -> str:
+    """The processor customer for ``customer``, found or created, and stored."""
+    with sessions() as session:
+        row = session.get(ProcessorLink, (customer.connection, customer.external_id))
+        if row is not None:
+            return row.processor_customer_id
+    processor_id = processor.ensure_customer(
+        f"{customer.connection}:{customer.external_id}", customer.email, customer.name
+    )
+    with sessions.begin() as session:
+        if session.get(ProcessorLink, (customer.connection, customer.external_id)) is None:
+            session.add(
+                ProcessorLink(
+                    connection_id=customer.connection,
+                    customer_external_id=customer.external_id,
+                    tenant_id=customer.tenant,
+                    processor_customer_id=processor_id,
+                    created_at=clock(),
+                )
+            )
+    return processor_id
+
+
+def setup_link(
+    sessions: sessionmaker[Session],
+    processor: PaymentProcessor,
+    customer: CustomerView,
+    links: LinkSettings,
+    clock: Clock,
+    *,
+    method_types: tuple[str, ...] = ("card", "us_bank_account"),
+) -> HostedLink:
+    """A hosted page where the customer saves a card or bank account for auto-pay.
+
+    Keyed by customer and day: asking twice on one day returns the same page.
+    """
+    processor_customer = link_customer(sessions, processor, customer, clock)
+    now = clock()
+    key = f"setup:{customer.tenant}:{customer.connection}:{customer.external_id}:{now.date().isoformat()}"
+    link = processor.create_link(
+        LinkRequest(
+            key=key,
+            processor_customer_id=processor_customer,
+            success_url=links.success_url,
+            cancel_url=links.cancel_url,
+            method_types=method_types,
+            metadata={"arsync_customer": f"{customer.connection}:{customer.external_id}"},
+        )
+    )
+    with sessions.begin() as session:
+        if session.execute(sa.select(col(HostedLinkRow.id)).where(col(HostedLinkRow.key) == key)).first() is None:
+            session.add(
+                HostedLinkRow(
+                    key=key,
+                    tenant_id=customer.tenant,
+                    connection_id=customer.connection,
+                    customer_external_id=customer.external_id,
+                    mode="setup",
+                    processor_id=link.processor_id,
+                    url=link.url,
+                    created_at=now,
+                    expires_at=link.expires_at,
+                )
+            )
+    return link
+
+
+def record_enrolment(session: Session, enrolment: Enrolment) -> SavedPaymentMethod | None:
+    """Store a saved method against the customer linked to its processor customer (idempotent).
+
+    Returns None when no ledger customer is linked to the processor customer.
+    """
+    link = session.execute(
+        sa.select(ProcessorLink).where(col(ProcessorLink.processor_customer_id) == enrolment.processor_customer_id)
+    ).scalar_one_or_none()
+    if link is None:
+        return None
+    method = enrolment.method
+    row = session.execute(
+        sa.select(SavedPaymentMethod).where(col(SavedPaymentMethod.payment_method_id) == method.payment_method_id)
+    ).scalar_one_or_none()
+    if row is None:
+        row = SavedPaymentMethod(
+            connection_id=link.connection_id,
+            customer_external_id=link.customer_external_id,
+            processor_customer_id=enrolment.processor_customer_id,
+            payment_method_id=method.payment_method_id,
+            kind=method.kind,
+            scope=enrolment.scope,
+            enrolled_at=enrolment.enrolled_at,
+        )
+        session.add(row)
+    row.brand = method.brand
+    row.last4 = method.last4
+    row.funding = method.funding
+    row.scope = enrolment.scope
+    row.link_id = enrolment.link_id or row.link_id
+    row.active = True
+    hosted = session.execute(
+        sa.select(HostedLinkRow).where(col(HostedLinkRow.processor_id) == enrolment.link_id)
+    ).scalar_one_or_none()
+    if hosted is not None and hosted.completed_at is None:
+        hosted.completed_at = enrolment.enrolled_at
+    session.flush()
+    return row
+
+
+def complete_pending_links(sessions: sessionmaker[Session], processor: PaymentProcessor, tenant: str) -> int:
+    """Ask the processor about setup links not completed yet; record what was saved. Returns how many."""
+    with sessions() as session:
+        pending = list(
+            session.execute(
+                sa.select(col(HostedLinkRow.processor_id)).where(
+                    col(HostedLinkRow.tenant_id) == tenant,
+                    col(HostedLinkRow.mode) == "setup",
+                    col(HostedLinkRow.completed_at).is_(None),
+                )
+            ).scalars()
+        )
+    done = 0
+    for link_id in pending:
+        enrolment = processor.link_enrolment(link_id)
+        if enrolment is None:
+            continue
+        with sessions.begin() as session:
+            if record_enrolment(session, enrolment) is not None:
+                done += 1
+    return done
