@@ -244,7 +244,7 @@ def _decide(ctx: _Context, invoice: Invoice, selection: Selection | None) -> Pla
     if selection is not None:
         if selection.amount is not None:
             if selection.amount > due:
-                return f"amount asked exceeds what is owed ({due} {invoice.currency})"
+                return f"amount asked exceeds what is owed ({money(due, invoice.currency)})"
             due = selection.amount
         why = "vendor batch (customer's permission to charge while absent on record)"
     elif schedule is not None:
@@ -290,6 +290,11 @@ def _decide(ctx: _Context, invoice: Invoice, selection: Selection | None) -> Pla
         part=part,
     )
     return PlanItem(charge, invoice.number, invoice.balance, outstanding, tuple(uses), why)
+
+
+def money(amount: Decimal, currency: str) -> str:
+    """``amount`` shown in the currency's minor unit (PostgreSQL returns four places)."""
+    return f"{amount.quantize(Decimal(1).scaleb(-currency_exponent(currency)))} {currency}"
 
 
 def _due_instalment(schedule: list[tuple[int, date, Decimal]], today: date) -> tuple[int, Decimal] | None:
