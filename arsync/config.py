@@ -18,6 +18,8 @@ from __future__ import annotations
 import difflib
 import functools
 import hmac
+import itertools
+import math
 import os
 import re
 import tomllib
@@ -27,6 +29,7 @@ import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, NamedTuple, NoReturn, TypeAlias, TypeVar
 from urllib.parse import urlsplit
@@ -34,14 +37,18 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
+
+from collect.policy import DEFAULT_RETRY_DAYS, SURCHARGE_EXEMPTIONS, AutopayPolicy, AutopayRule, SurchargePolicy
 
 __all__ = [
     "ENTITIES",
@@ -52,6 +59,7 @@ __all__ = [
     "ConnectionConfig",
     "DaemonConfig",
     "DatabaseConfig",
+    "PaymentsConfig",
     "QuickBooksConnectionConfig",
     "RateLimitConfig",
     "Secret",
@@ -66,6 +74,7 @@ __all__ = [
 Entity = Literal["customer", "invoice", "payment", "credit_note"]
 ENTITIES: Final[tuple[Entity, ...]] = typing.get_args(Entity)
 KNOWN_KINDS: Final[tuple[str, ...]] = ("quickbooks", "xero")
+Processor = Literal["stripe"]
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///arsync.db"
 QUICKBOOKS_API_BASE: Final = {
@@ -85,6 +94,8 @@ XERO_SCOPES: Final[tuple[str, ...]] = (
     "accounting.settings.read",
 )
 XERO_MAX_PAGE_SIZE: Final = 1000
+STRIPE_API_BASE: Final = "https://api.stripe.com"
+STRIPE_TIMEOUT_SECONDS: Final = 30.0
 
 _NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 # Upper case only: Intuit client ids and secrets and Xero client secrets are mixed case,
@@ -94,6 +105,8 @@ _ENV_NAME_RE: Final = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _CURRENCY_RE: Final = re.compile(r"^[A-Z]{3}$")
 _UUID_RE: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 _SCOPE_RE: Final = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]*$")
+# Money and percentages: plain decimal notation only ("12.50", "3"), never a TOML float.
+_DECIMAL_RE: Final = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 _MASK: Final = "********"
 
 
@@ -297,12 +310,31 @@ ConnectionConfig: TypeAlias = QuickBooksConnectionConfig | XeroConnectionConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PaymentsConfig:
+    """A tenant's payment processor (``[tenants.T.payments]``) and its auto-pay policy."""
+
+    processor: Processor = "stripe"
+    api_key: Secret
+    base_url: str = STRIPE_API_BASE
+    """API root without a trailing slash (Stripe's, or a local emulator's in tests)."""
+    timeout_seconds: float = STRIPE_TIMEOUT_SECONDS
+    success_url: str
+    """Where Checkout sends the customer back after paying or saving a method."""
+    cancel_url: str
+    """Where Checkout sends the customer back when they give up."""
+    autopay: AutopayPolicy = field(default_factory=AutopayPolicy)
+    """Rules, retry days, surcharge, credits first, excluded tags (no rules: nothing is auto-charged)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TenantConfig:
     name: str
     display_name: str
     timezone: str
     home_currency: str
     connections: tuple[ConnectionConfig, ...] = ()
+    payments: PaymentsConfig | None = None
+    """None: the tenant takes no payments through a processor and nothing is auto-charged."""
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:
@@ -392,9 +424,49 @@ def _check_not_blank(value: str) -> str:
     return value
 
 
+def _check_currency(value: str) -> str:
+    if not _CURRENCY_RE.fullmatch(value):
+        upper = value.upper()
+        hint = f" (did you mean {upper!r}?)" if _CURRENCY_RE.fullmatch(upper) else ""
+        raise ValueError(f"must be a 3-letter upper-case ISO 4217 code such as 'USD'; got {value!r}{hint}")
+    return value
+
+
+def _to_decimal(value: object) -> Decimal:
+    """Money and percentages: a string ("12.50") or an integer, never a float."""
+    if isinstance(value, str):
+        if not _DECIMAL_RE.fullmatch(value.strip()):
+            raise ValueError(f'must be a decimal number such as "12.50" (got {value!r})')
+        return Decimal(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    if isinstance(value, float) and math.isfinite(value):
+        raise ValueError(
+            f"must be a string or an integer, not a float (floats are inexact for money):"
+            f' write {value!r} as "{value!r}"'
+        )
+    raise ValueError(f'must be a string such as "12.50" or an integer, not {_describe(value)}')
+
+
+_T = TypeVar("_T")
+
+
+def _check_unique(value: list[_T]) -> list[_T]:
+    twice = sorted({str(item) for item in value if value.count(item) > 1})
+    if twice:
+        raise ValueError(f"lists {', '.join(twice)} more than once")
+    return value
+
+
 _EnvName = Annotated[str, AfterValidator(_check_env_name)]
 _HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
 _NonBlank = Annotated[str, AfterValidator(_check_not_blank)]
+_Currency = Annotated[str, AfterValidator(_check_currency)]
+# Amounts and percentages: Decimal from a string or an integer, never negative.
+_Money = Annotated[Decimal, BeforeValidator(_to_decimal), Field(ge=0)]
+_Percent = Annotated[Decimal, BeforeValidator(_to_decimal), Field(ge=0, le=100)]
+_MethodType = Literal["card", "us_bank_account"]
+_Exemption = Literal["us_bank_account", "card", "debit", "credit", "prepaid"]
 
 
 class _Section(BaseModel):
@@ -429,6 +501,8 @@ class _RawTenant(_Section):
     timezone: str
     home_currency: str
     connections: dict[str, object] = Field(default_factory=dict)
+    # validated by _Loader.payments, which also resolves its API key
+    payments: object = None
 
     @field_validator("timezone")
     @classmethod
@@ -443,11 +517,7 @@ class _RawTenant(_Section):
     @field_validator("home_currency")
     @classmethod
     def _currency(cls, value: str) -> str:
-        if not _CURRENCY_RE.fullmatch(value):
-            upper = value.upper()
-            hint = f" (did you mean {upper!r}?)" if _CURRENCY_RE.fullmatch(upper) else ""
-            raise ValueError(f"must be a 3-letter upper-case ISO 4217 code such as 'USD'; got {value!r}{hint}")
-        return value
+        return _check_currency(value)
 
 
 class _RawRateLimit(_Section):
@@ -458,9 +528,7 @@ class _RawRateLimit(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> _RawRateLimit:
         if self.per_minute < self.per_second:
-            raise ValueError(
-                f"per_minute ({self.per_minute}) must be at least per_second ({self.per_second})"
-            )
+            raise ValueError(f"per_minute ({self.per_minute}) must be at least per_second ({self.per_second})")
         return self
 
 
@@ -475,9 +543,7 @@ class _RawXeroRateLimit(_Section):
         if self.per_day < self.per_minute:
             raise ValueError(f"per_day ({self.per_day}) must be at least per_minute ({self.per_minute})")
         if self.app_per_minute < self.per_minute:
-            raise ValueError(
-                f"app_per_minute ({self.app_per_minute}) must be at least per_minute ({self.per_minute})"
-            )
+            raise ValueError(f"app_per_minute ({self.app_per_minute}) must be at least per_minute ({self.per_minute})")
         return self
 
 
@@ -599,13 +665,95 @@ _KIND_KEYS: Final[dict[type[BaseModel], _KindKeys]] = {
 }
 
 
+_Tags = Annotated[list[_NonBlank], AfterValidator(_check_unique)]
+
+
+class _RawSurcharge(_Section):
+    percent: _Percent = Decimal(0)
+    fixed: _Money = Decimal(0)
+    max_percent: _Percent
+    exempt: Annotated[list[_Exemption], AfterValidator(_check_unique)] | None = None
+    description: _NonBlank = "Card processing surcharge"
+
+
+class _RawRule(_Section):
+    name: _NonBlank
+    days_after_issue: int | None = Field(default=None, ge=0)
+    on_due_date: bool = False
+    agreement_only: bool = False
+    min_amount: _Money | None = None
+    max_amount: _Money | None = None
+    currencies: Annotated[list[_Currency], AfterValidator(_check_unique)] = Field(default_factory=list)
+    tags_any: _Tags = Field(default_factory=list)
+    tags_none: _Tags = Field(default_factory=list)
+    method_types: Annotated[list[_MethodType], AfterValidator(_check_unique)] = Field(default_factory=list)
+
+    @field_validator("max_amount")
+    @classmethod
+    def _not_below_min(cls, value: Decimal | None, info: ValidationInfo) -> Decimal | None:
+        low = info.data.get("min_amount")
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"must be at least min_amount ({low}); got {value}")
+        return value
+
+    @field_validator("tags_none")
+    @classmethod
+    def _not_also_required(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        both = sorted(set(value) & set(info.data.get("tags_any", ())))
+        if both:
+            listed = ", ".join(repr(tag) for tag in both)
+            raise ValueError(f"lists {listed}, which tags_any requires; a tag cannot be both required and excluded")
+        return value
+
+    @model_validator(mode="after")
+    def _timing(self) -> _RawRule:
+        if self.days_after_issue is None and not self.on_due_date:
+            raise ValueError(
+                "says nothing about when to charge: set days_after_issue (0 = from the invoice date)"
+                " or on_due_date = true"
+            )
+        return self
+
+
+class _RawPayments(_Section):
+    processor: Processor = "stripe"
+    # Refused when present (see _Loader.payments); typed ``object`` so that its value
+    # is never validated and so can never appear in an error message.
+    api_key: object = None
+    api_key_env: _EnvName | None = None
+    base_url: _HttpUrl = STRIPE_API_BASE
+    timeout_seconds: float = Field(default=STRIPE_TIMEOUT_SECONDS, gt=0)
+    success_url: _HttpUrl
+    cancel_url: _HttpUrl
+    retry_days: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: list(DEFAULT_RETRY_DAYS))
+    apply_credits: bool = True
+    excluded_tags: _Tags = Field(default_factory=list)
+    surcharge: _RawSurcharge | None = None
+    # Duplicate names are reported by _Loader.payments, at the second one's name.
+    rules: list[_RawRule] = Field(default_factory=list)
+
+    @field_validator("retry_days")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(later <= earlier for earlier, later in itertools.pairwise(value)):
+            raise ValueError(
+                f"must be strictly increasing: days after the first soft decline, such as [1, 3, 7] (got {value})"
+            )
+        return value
+
+
 class _RawCredentialEntry(_Section):
     client_id: _NonBlank | None = None
     client_secret: _NonBlank | None = None
 
 
+class _RawPaymentsCredential(_Section):
+    api_key: _NonBlank | None = None
+
+
 class _RawCredentialsFile(_Section):
     connections: dict[str, _RawCredentialEntry] = Field(default_factory=dict)
+    payments: dict[str, _RawPaymentsCredential] = Field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- messages
@@ -623,6 +771,9 @@ _EXPECTED: Final = {
     "model_type": "a table",
     "model_attributes_type": "a table",
 }
+
+
+_BOUNDS: Final = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
 
 
 def _describe(value: object) -> str:
@@ -740,7 +891,8 @@ def _message(error: Mapping[str, Any], model: type[BaseModel]) -> str:
         return "must not be empty"
     msg: str = error.get("msg", kind)
     msg = msg.replace("Input should be", "must be")
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number or (isinstance(value, str) and kind in _BOUNDS):  # a bound on a decimal written as a string
         msg += f" (got {value!r})"
     return msg
 
@@ -851,6 +1003,10 @@ class _Loader:
         self.credentials_file: str | None = None
         # None until a readable file is parsed; an entry is None when it is invalid
         self.credentials: dict[str, _RawCredentialEntry | None] | None = None
+        # the file's [payments.TENANT] entries, likewise
+        self.payment_credentials: dict[str, _RawPaymentsCredential | None] = {}
+        # tenants with a [tenants.T.payments] table, for the file's unused entries
+        self.payment_tenants: set[str] = set()
 
     def problem(self, key: Sequence[str | int], message: str, file: str | None = None) -> None:
         self.problems.append(ConfigProblem(file or self.file, _dotted(key), message))
@@ -946,8 +1102,17 @@ class _Loader:
             return
         self.credentials = {}
         entries = doc.get("connections", {})
-        top = {key: value for key, value in doc.items() if key != "connections"}
+        payments = doc.get("payments", {})
+        top = {key: value for key, value in doc.items() if key not in ("connections", "payments")}
         self.validate(_RawCredentialsFile, top, (), file=str(path))
+        if isinstance(payments, dict):
+            for tenant, body in payments.items():
+                # as for connections: a broken entry is reported here, once
+                self.payment_credentials[tenant] = self.validate(
+                    _RawPaymentsCredential, body, ("payments", tenant), str(path)
+                )
+        else:
+            self.problem(("payments",), f"must be a table, not {_describe(payments)}", str(path))
         if not isinstance(entries, dict):
             self.problem(("connections",), f"must be a table, not {_describe(entries)}", str(path))
             return
@@ -967,6 +1132,7 @@ class _Loader:
             if tenant is not None:
                 out.append(tenant)
         self.unused_credentials(owners)
+        self.unused_payment_credentials(list(data))
         return tuple(out)
 
     def tenant(self, name: str, body: object, owners: dict[str, str]) -> TenantConfig | None:
@@ -987,6 +1153,10 @@ class _Loader:
                 ok = ok and conn is not None
                 if conn is not None:
                     connections.append(conn)
+        payments: PaymentsConfig | None = None
+        if isinstance(body, dict) and "payments" in body:
+            payments = self.payments(name, body["payments"])
+            ok = ok and payments is not None
         if raw is None or not ok:
             return None
         return TenantConfig(
@@ -995,11 +1165,10 @@ class _Loader:
             timezone=raw.timezone,
             home_currency=raw.home_currency,
             connections=tuple(connections),
+            payments=payments,
         )
 
-    def connection(
-        self, tenant: str, name: str, body: object, owners: dict[str, str]
-    ) -> ConnectionConfig | None:
+    def connection(self, tenant: str, name: str, body: object, owners: dict[str, str]) -> ConnectionConfig | None:
         prefix: _Loc = ("tenants", tenant, "connections", name)
         ok = True
         if not _NAME_RE.fullmatch(name):
@@ -1070,14 +1239,7 @@ class _Loader:
             if which == "client_id" and inline is not None:
                 self.problem((*prefix, env_key), f"give either {which} or {env_key}, not both")
                 return None
-            value = self.environ.get(env_name)
-            if value is None:
-                self.problem((*prefix, env_key), f"environment variable {env_name} is not set")
-                return None
-            if not value.strip():
-                self.problem((*prefix, env_key), f"environment variable {env_name} is empty")
-                return None
-            return Secret(value.strip())
+            return self.from_env((*prefix, env_key), env_name)
         if inline is not None:
             # client_id inline is fine (validated by the model); client_secret was refused.
             if which == "client_id" and isinstance(inline, str) and inline.strip():
@@ -1106,6 +1268,118 @@ class _Loader:
             )
             return None
         return Secret(value.strip())
+
+    def from_env(self, key: _Loc, env_name: str) -> Secret | None:
+        """The stripped value of ``env_name``; a problem at ``key`` when it is unset or empty."""
+        value = self.environ.get(env_name)
+        if value is None:
+            self.problem(key, f"environment variable {env_name} is not set")
+            return None
+        if not value.strip():
+            self.problem(key, f"environment variable {env_name} is empty")
+            return None
+        return Secret(value.strip())
+
+    def payments(self, tenant: str, body: object) -> PaymentsConfig | None:
+        """``[tenants.T.payments]``: the processor, its API key, and the auto-pay policy."""
+        prefix: _Loc = ("tenants", tenant, "payments")
+        if not isinstance(body, dict):
+            self.problem(prefix, f"must be a table, not {_describe(body)}")
+            return None
+        self.payment_tenants.add(tenant)
+        ok = True
+        if "api_key" in body:
+            ok = False
+            self.problem(
+                (*prefix, "api_key"),
+                "secrets may not be written in the config file; put secrets in an environment"
+                ' variable or the credentials file (api_key_env = "VARIABLE_NAME" here,'
+                f" or api_key under [payments.{tenant}] in the [credentials] file)",
+            )
+        api_key = self.payments_key(body, prefix, tenant)
+        ok = self.unique_rule_names(body.get("rules"), prefix) and ok
+        raw = self.validate(_RawPayments, body, prefix)
+        if raw is None or api_key is None or not ok:
+            return None
+        return _payments_config(raw, api_key)
+
+    def payments_key(self, body: Mapping[str, object], prefix: _Loc, tenant: str) -> Secret | None:
+        """The processor API key, from ``api_key_env`` or the credentials file (mirrors :meth:`secret`)."""
+        env_name = body.get("api_key_env")
+        if env_name is not None:
+            if not (isinstance(env_name, str) and _ENV_NAME_RE.fullmatch(env_name)):
+                return None  # the model reports it
+            key = self.from_env((*prefix, "api_key_env"), env_name)
+            return self.usable_key(key, (*prefix, "api_key_env"), f"environment variable {env_name}")
+        if "api_key" in body:
+            return None  # refused above
+        if self.credentials_file is None:
+            self.problem(
+                (*prefix, "api_key"),
+                "no api_key: set api_key_env to the name of an environment variable that holds the"
+                " processor's secret API key, or name a credentials file ([credentials] file = ...)"
+                f" and put it under [payments.{tenant}] there",
+            )
+            return None
+        if self.credentials is None:  # the file itself is broken; already reported
+            return None
+        if tenant in self.payment_credentials and self.payment_credentials[tenant] is None:
+            return None  # the entry is invalid; already reported
+        entry = self.payment_credentials.get(tenant)
+        if entry is None or entry.api_key is None:
+            self.problem(
+                ("payments", tenant, "api_key"),
+                f"missing: tenant {tenant!r} has a payments section with no api_key_env in {self.file},"
+                f" so its api_key must be given here under [payments.{tenant}]",
+                file=self.credentials_file,
+            )
+            return None
+        key = Secret(entry.api_key.strip())
+        return self.usable_key(key, ("payments", tenant, "api_key"), "it", self.credentials_file)
+
+    def usable_key(self, key: Secret | None, where: _Loc, source: str, file: str | None = None) -> Secret | None:
+        """Refuse a Stripe publishable key (``pk_...``): it cannot charge or read anything."""
+        if key is not None and key.reveal().startswith("pk_"):
+            self.problem(
+                where,
+                f"{source} holds a publishable key (pk_...); use the secret key (sk_...) or a restricted key (rk_...)",
+                file,
+            )
+            return None
+        return key
+
+    def unique_rule_names(self, rules: object, prefix: _Loc) -> bool:
+        """Report each rule whose name an earlier rule already has (False when any does)."""
+        if not isinstance(rules, list):
+            return True  # the model reports it
+        first: dict[str, int] = {}
+        ok = True
+        for index, rule in enumerate(rules):
+            name = rule.get("name") if isinstance(rule, dict) else None
+            if not isinstance(name, str):
+                continue
+            if name in first:
+                ok = False
+                self.problem(
+                    (*prefix, "rules", index, "name"),
+                    f"rule name {name!r} is already used by rules[{first[name]}];"
+                    " rule names must be unique within a tenant",
+                )
+            else:
+                first[name] = index
+        return ok
+
+    def unused_payment_credentials(self, tenants: Sequence[str]) -> None:
+        if self.credentials_file is None:
+            return
+        for name in self.payment_credentials:
+            if name in self.payment_tenants:
+                continue
+            if name in tenants:
+                message = f"tenant {name!r} has no payments section ([tenants.{name}.payments]) in {self.file}"
+            else:
+                message = f"no tenant named {name!r} in {self.file}{_did_you_mean(name, tenants)}"
+            self.problem(("payments", name), message, file=self.credentials_file)
 
     def unused_credentials(self, owners: Mapping[str, str]) -> None:
         if self.credentials is None or self.credentials_file is None:
@@ -1176,6 +1450,48 @@ def _xero_connection(
             per_day=raw.rate_limit.per_day,
             concurrent=raw.rate_limit.concurrent,
             app_per_minute=raw.rate_limit.app_per_minute,
+        ),
+    )
+
+
+def _payments_config(raw: _RawPayments, api_key: Secret) -> PaymentsConfig:
+    surcharge: SurchargePolicy | None = None
+    if raw.surcharge is not None:
+        surcharge = SurchargePolicy(
+            percent=raw.surcharge.percent,
+            fixed=raw.surcharge.fixed,
+            max_percent=raw.surcharge.max_percent,
+            exempt=SURCHARGE_EXEMPTIONS if raw.surcharge.exempt is None else frozenset(raw.surcharge.exempt),
+            description=raw.surcharge.description,
+        )
+    rules = tuple(
+        AutopayRule(
+            name=rule.name,
+            days_after_issue=rule.days_after_issue,
+            on_due_date=rule.on_due_date,
+            agreement_only=rule.agreement_only,
+            min_amount=rule.min_amount,
+            max_amount=rule.max_amount,
+            currencies=frozenset(rule.currencies),
+            tags_any=frozenset(rule.tags_any),
+            tags_none=frozenset(rule.tags_none),
+            method_types=frozenset(rule.method_types),
+        )
+        for rule in raw.rules
+    )
+    return PaymentsConfig(
+        processor=raw.processor,
+        api_key=api_key,
+        base_url=raw.base_url.rstrip("/"),
+        timeout_seconds=raw.timeout_seconds,
+        success_url=raw.success_url,
+        cancel_url=raw.cancel_url,
+        autopay=AutopayPolicy(
+            rules=rules,
+            retry_days=tuple(raw.retry_days),
+            surcharge=surcharge,
+            apply_credits=raw.apply_credits,
+            excluded_tags=frozenset(raw.excluded_tags),
         ),
     )
 

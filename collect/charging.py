@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
+from collect.policy import DEFAULT_RETRY_DAYS
 from collect.standing import CHARGE_KIND, blocking_holds, outstanding_charges
 from connectors.base import (
     ChargeOutcome,
@@ -46,7 +47,6 @@ from sync.models import HostedLinkRow, Invoice, ProcessorPayment
 
 KIND = CHARGE_KIND
 CHARGEABLE = ("open", "partially_paid")
-DEFAULT_RETRY_DAYS = (1, 3, 7)
 
 
 def charge_key(tenant: str, connection: str, invoice: str, part: str, attempt: int) -> str:

@@ -1,7 +1,7 @@
 """A tenant's auto-pay policy: the rules that choose invoices to charge, and the surcharge.
 
 These are the typed values the config file is read into (``[tenants.T.payments]``
-and ``[[tenants.T.autopay.rules]]``); the planner evaluates them. Conditions
+and ``[[tenants.T.payments.rules]]``); the planner evaluates them. Conditions
 inside one rule are ANDed; an invoice is charged when any rule matches (OR).
 """
 
@@ -13,6 +13,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 
 DEFAULT_RETRY_DAYS = (1, 3, 7)
 METHOD_TYPES = frozenset({"card", "us_bank_account"})
+CARD_FUNDINGS = frozenset({"credit", "debit", "prepaid"})
 SURCHARGE_EXEMPTIONS = frozenset({"us_bank_account", "debit", "prepaid"})
 """What a surcharge may be waived for: a method type, or a card's funding."""
 
@@ -96,6 +97,18 @@ class AutopayRule:
             parts.append("on the due date")
         if self.agreement_only:
             parts.append("from an agreement")
+        if self.min_amount is not None:
+            parts.append(f"at least {self.min_amount}")
+        if self.max_amount is not None:
+            parts.append(f"at most {self.max_amount}")
+        for label, values in (
+            ("currency", self.currencies),
+            ("tag", self.tags_any),
+            ("not tag", self.tags_none),
+            ("method", self.method_types),
+        ):
+            if values:
+                parts.append(f"{label} {'/'.join(sorted(values))}")
         return f"rule {self.name!r}: " + ", ".join(parts)
 
 
@@ -115,7 +128,10 @@ class SurchargePolicy:
 
     def amount(self, base: Decimal, method_type: str, funding: str | None, exponent: int = 2) -> Decimal:
         """The surcharge on ``base`` for this method, rounded half-up to the currency's minor unit."""
-        if base <= 0 or method_type in self.exempt or (funding is not None and funding in self.exempt):
+        if base <= 0 or method_type in self.exempt:
+            return Decimal(0)
+        if method_type == "card" and (funding in self.exempt or (funding is None and self.exempt & CARD_FUNDINGS)):
+            # A card whose funding is unknown may be a debit card: never surcharge what may be exempt.
             return Decimal(0)
         quantum = Decimal(1).scaleb(-exponent)
         raw = base * self.percent / 100 + self.fixed

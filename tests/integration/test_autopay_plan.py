@@ -112,7 +112,10 @@ def test_credits_and_unapplied_cash_go_first_oldest_invoice_first(sessions: sess
     p = plan(sessions, policy)
     assert charged(p) == {"older": Decimal("0.00"), "newer": Decimal("70.00")}
     uses = {i.charge.invoice: [(u.source_id, u.amount) for u in i.credits] for i in p.items}
-    assert uses == {"older": [("cn1", Decimal("60.00")), ("pay1", Decimal("40.00"))], "newer": [("pay1", Decimal("30.00"))]}
+    assert uses == {
+        "older": [("cn1", Decimal("60.00")), ("pay1", Decimal("40.00"))],
+        "newer": [("pay1", Decimal("30.00"))],
+    }
     with sessions.begin() as s:
         assert journal_plan(s, p, NOW) == 1  # "older" is paid by credits alone: no charge
     again = plan(sessions, policy)
@@ -224,7 +227,9 @@ def test_instalments_charge_what_brings_the_balance_to_the_schedule(sessions: se
     policy = AutopayPolicy(rules=())  # instalments do not need a rule
     assert plan(sessions, policy, today=date(2026, 11, 21)).skipped == {"instalment plan: nothing due yet": 1}
     p = plan(sessions, policy)
-    assert [(i.charge.part, i.charge.amount, i.why) for i in p.items] == [("i1", Decimal("100.00"), "instalment 1 of 3")]
+    assert [(i.charge.part, i.charge.amount, i.why) for i in p.items] == [
+        ("i1", Decimal("100.00"), "instalment 1 of 3")
+    ]
     with sessions.begin() as s:
         invoice = s.query(Invoice).one()
         invoice.balance = Decimal("200.00")  # instalment 1 reached the ledger
