@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -11,10 +13,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from arsync.clock import real_sleep, utc_now
-from arsync.config import Config, QuickBooksConnectionConfig, XeroConnectionConfig, load_config
-from connectors.base import Clock, Entity, Sleeper
+from arsync.collecting import Collector
+from arsync.config import Config, QuickBooksConnectionConfig, TenantConfig, XeroConnectionConfig, load_config
+from connectors.base import Clock, Entity, PaymentProcessor, Sleeper
 from connectors.http import RateBudget
 from connectors.quickbooks.client import QuickBooksAuth, QuickBooksSettings, QuickBooksSource
+from connectors.stripe import StripeProcessor
 from connectors.xero.client import XeroAuth, XeroSettings, XeroSource
 from sync.db import make_engine, require_migrated
 from sync.engine import PageObserver, SyncEngine, SyncPolicy
@@ -34,6 +38,8 @@ class App:
     stop: threading.Event = field(default_factory=threading.Event)
     sources: dict[str, Source] = field(default_factory=dict)
     app_budgets: dict[str, RateBudget] = field(default_factory=dict)
+    processors: dict[str, PaymentProcessor] = field(default_factory=dict)
+    """Per tenant, its payment processor."""
     """Per OAuth app (client id): Xero's limit across all of an app's organisations."""
 
     def require_migrated(self) -> None:
@@ -129,6 +135,32 @@ class App:
             return XeroSource(settings, tokens, self.clock, self.sleeper, app_budget=shared)
         qbo = self.quickbooks_settings(conn)
         return QuickBooksSource(qbo, tokens, self.clock, self.sleeper, QuickBooksAuth(qbo, self.clock))
+
+    def collector(self, tenant: str | None = None) -> Collector:
+        """The tenant's collecting (the only tenant with payments configured when none is named)."""
+        chosen = self._payments_tenant(tenant)
+        assert chosen.payments is not None
+        if chosen.name not in self.processors:
+            payments = chosen.payments
+            self.processors[chosen.name] = StripeProcessor(
+                payments.api_key.reveal(), base_url=payments.base_url, timeout=payments.timeout_seconds
+            )
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        return Collector(self.sessions, chosen, chosen.payments, self.processors[chosen.name], self.clock, owner)
+
+    def _payments_tenant(self, name: str | None) -> TenantConfig:
+        with_payments = [t for t in self.config.tenants if t.payments is not None]
+        if name is not None:
+            tenant = self.config.tenant(name)
+            if tenant.payments is None:
+                raise KeyError(f"tenant {name!r} has no [tenants.{name}.payments] section: it takes no payments")
+            return tenant
+        if len(with_payments) == 1:
+            return with_payments[0]
+        if not with_payments:
+            raise KeyError("no tenant has a payments section: configure [tenants.NAME.payments] first")
+        names = ", ".join(t.name for t in with_payments)
+        raise KeyError(f"several tenants take payments ({names}): name one with --tenant")
 
     def sync_engine(self, name: str, on_page: PageObserver | None = None) -> SyncEngine:
         conn = self.config.connection(name)

@@ -5,23 +5,21 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
-from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from arsync import cli_collect
 from arsync.bootstrap import App, bootstrap
+from arsync.cli_support import DEFAULT_CONFIG, ConfigOption, console, err, fail, open_app, parse_date
 from arsync.config import ConfigError
 from arsync.status import render_status
 from connectors.base import ConnectorError, Entity, OAuthTokens
 from connectors.xero.client import XeroAuth, choose_organisation
-from sync.db import DatabaseNotMigratedError, current_revision, head_revision, upgrade
+from sync.db import current_revision, head_revision, upgrade
 from sync.engine import RunSummary, SyncEngine
 from sync.store import ApplyCounts
 
@@ -30,53 +28,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Check the configuration.")
 db_app = typer.Typer(no_args_is_help=True, help="Manage the ledger database.")
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
-
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-ConfigOption = Annotated[
-    Path,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar="ARSYNC_CONFIG",
-        help="The TOML config file.",
-        show_default=True,
-    ),
-]
-DEFAULT_CONFIG = Path("arsync.toml")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
-
-
-@contextmanager
-def _app(config: Path, *, migrated: bool = True) -> Iterator[App]:
-    try:
-        application = bootstrap(config)
-    except ConfigError as exc:
-        raise _fail(f"invalid configuration:\n{exc}") from None
-    try:
-        if migrated:
-            application.require_migrated()
-            application.register()
-        yield application
-    except DatabaseNotMigratedError as exc:
-        raise _fail(str(exc)) from None
-    finally:
-        application.engine.dispose()
-
-
-def _parse_date(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        day = date.fromisoformat(value)
-    except ValueError:
-        raise _fail(f"{option} {value!r} is not a date (YYYY-MM-DD)") from None
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+cli_collect.register(app)
 
 
 @config_app.command("check")
@@ -96,7 +48,7 @@ def config_check(config: ConfigOption = DEFAULT_CONFIG) -> None:
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Create or migrate the ledger schema to this version."""
-    with _app(config, migrated=False) as application:
+    with open_app(config, migrated=False) as application:
         upgrade(application.engine)
         console.print(f"database at revision {current_revision(application.engine)} (head {head_revision()})")
 
@@ -115,11 +67,11 @@ def connect(
     ] = None,
 ) -> None:
     """Authorise a connection (OAuth2 authorization code) and store its tokens."""
-    with _app(config) as application:
+    with open_app(config) as application:
         try:
             auth = application.auth(connection)
         except KeyError as exc:
-            raise _fail(str(exc.args[0])) from None
+            raise fail(str(exc.args[0])) from None
         state = secrets.token_urlsafe(16)
         try:
             url = auth.authorize_url(state)
@@ -130,7 +82,7 @@ def connect(
             if isinstance(auth, XeroAuth):
                 tokens = _pick_organisation(auth, tokens, organisation)
         except ConnectorError as exc:
-            raise _fail(f"{connection}: {exc}") from None
+            raise fail(f"{connection}: {exc}") from None
         application.tokens(connection).save(tokens)
         console.print(
             f"{connection}: connected to company {tokens.account_id}; "
@@ -185,14 +137,14 @@ def sync(
     full: Annotated[bool, typer.Option("--full", help="Re-pull everything, not just changes.")] = False,
 ) -> None:
     """Pull changes (or everything, with --full) from each connection once."""
-    with _app(config) as application:
+    with open_app(config) as application:
         names = [connection] if connection else [c.name for c in application.config.connections()]
         failed = False
         for name in names:
             try:
                 source = application.source(name)
             except KeyError as exc:
-                raise _fail(str(exc.args[0])) from None
+                raise fail(str(exc.args[0])) from None
             with _progress() as progress:
                 summary = _engine(application, name, progress).sync(source, full=full)
             _report(summary)
@@ -208,14 +160,14 @@ def backfill(
     until: Annotated[str | None, typer.Option(help="Up to (not including) this date.")] = None,
 ) -> None:
     """Re-pull a window of records without moving the incremental cursor."""
-    start, end = _parse_date(since, "--since"), _parse_date(until, "--until")
+    start, end = parse_date(since, "--since"), parse_date(until, "--until")
     if start and end and start >= end:
-        raise _fail(f"--since {since} must be before --until {until}")
-    with _app(config) as application:
+        raise fail(f"--since {since} must be before --until {until}")
+    with open_app(config) as application:
         try:
             source = application.source(connection)
         except KeyError as exc:
-            raise _fail(str(exc.args[0])) from None
+            raise fail(str(exc.args[0])) from None
         with _progress() as progress:
             summary = _engine(application, connection, progress).backfill(source, start, end)
         _report(summary)
@@ -225,7 +177,7 @@ def backfill(
 @app.command()
 def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Each connection's last run, cursor, counts, quarantine, errors and tokens."""
-    with _app(config) as application, application.sessions() as session:
+    with open_app(config) as application, application.sessions() as session:
         console.print(render_status(session, application.config, application.clock()))
 
 
@@ -234,7 +186,7 @@ def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """The daemon: sync every connection on its interval until SIGTERM."""
     from arsync.daemon import run_daemon
 
-    with _app(config) as application:
+    with open_app(config) as application:
         raise typer.Exit(run_daemon(application))
 
 

@@ -1,0 +1,267 @@
+"""``arsync charge``, ``arsync autopay``, ``arsync payments`` and ``arsync refund``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from arsync.cli_support import DEFAULT_CONFIG, ConfigOption, console, err, fail, open_app
+from arsync.collecting import CollectingError, Collector, RunResult, parse_day
+from collect.autopay import ChargePlan, Selection, money
+from connectors.base import ConnectorError
+from sync import journal
+
+charge_app = typer.Typer(no_args_is_help=True, help="Auto-pay: preview and make charges of saved methods.")
+autopay_app = typer.Typer(no_args_is_help=True, help="Enrol customers in auto-pay.")
+payments_app = typer.Typer(no_args_is_help=True, help="The processor's events: payments, refunds, disputes, payouts.")
+
+TenantOption = Annotated[
+    str | None, typer.Option("--tenant", help="The tenant (optional when only one takes payments).")
+]
+DateOption = Annotated[str | None, typer.Option("--date", help="As of this day (YYYY-MM-DD); default today.")]
+FormatOption = Annotated[str, typer.Option("--format", help="table or json.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(charge_app, name="charge")
+    app.add_typer(autopay_app, name="autopay")
+    app.add_typer(payments_app, name="payments")
+    app.command("refund")(refund)
+
+
+@contextmanager
+def _collector(config: Path, tenant: str | None) -> Iterator[Collector]:
+    with open_app(config) as application:
+        try:
+            collector = application.collector(tenant)
+        except KeyError as exc:
+            raise fail(str(exc.args[0])) from None
+        try:
+            yield collector
+        except CollectingError as exc:
+            raise fail(str(exc)) from None
+        except ConnectorError as exc:
+            raise fail(f"payment processor: {exc}", code=1) from None
+
+
+def _amount(text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise fail(f"--amount {text!r} is not an amount (write 25.00)") from None
+    if not value.is_finite() or value <= 0:
+        raise fail(f"--amount {text!r} must be more than zero")
+    return value
+
+
+def _plan_rows(plan: ChargePlan) -> list[dict[str, Any]]:
+    return [
+        {
+            "key": item.charge.key,
+            "connection": item.charge.connection,
+            "invoice": item.charge.invoice,
+            "number": item.number,
+            "customer": item.charge.customer,
+            "currency": item.charge.currency,
+            "balance": str(item.balance),
+            "on_its_way": str(item.outstanding),
+            "credits": [{"source": u.source, "id": u.source_id, "amount": str(u.amount)} for u in item.credits],
+            "charge": str(item.charge.amount),
+            "surcharge": str(item.charge.surcharge),
+            "total": str(item.charge.total),
+            "method": f"{item.charge.method_type} {item.charge.payment_method_id}",
+            "why": item.why,
+        }
+        for item in plan.items
+    ]
+
+
+def _print_plan(plan: ChargePlan, output: str) -> None:
+    if output == "json":
+        document = {
+            "tenant": plan.tenant,
+            "date": plan.today.isoformat(),
+            "mode": plan.mode,
+            "examined": plan.examined,
+            "charges": _plan_rows(plan),
+            "skipped": dict(plan.skipped),
+            "totals": {
+                currency: {"charge": str(p), "surcharge": str(s), "credits": str(c)}
+                for currency, (p, s, c) in plan.totals().items()
+            },
+        }
+        console.print_json(json.dumps(document))
+        return
+    table = Table(title=f"{plan.tenant}: charges for {plan.today.isoformat()} ({plan.mode})")
+    for name in ("invoice", "customer", "balance", "on its way", "credits", "charge", "surcharge", "method", "why"):
+        table.add_column(name, justify="right" if name in ("balance", "on its way", "charge", "surcharge") else "left")
+    for item in plan.items:
+        c = item.charge
+        applied = ", ".join(f"{u.source} {u.source_id} {u.amount}" for u in item.credits) or "-"
+        table.add_row(
+            f"{c.connection}:{item.number or c.invoice}",
+            c.customer,
+            money(item.balance, c.currency),
+            money(item.outstanding, c.currency),
+            applied,
+            money(c.amount, c.currency),
+            money(c.surcharge, c.currency) if c.surcharge else "-",
+            f"{c.method_type} {c.payment_method_id}",
+            item.why,
+        )
+    console.print(table)
+    for currency, (principal, surcharge, credits) in sorted(plan.totals().items()):
+        console.print(
+            f"{currency}: charge {money(principal, currency)}, surcharges {money(surcharge, currency)},"
+            f" credits applied {money(credits, currency)}",
+            highlight=False,
+        )
+    console.print(
+        f"{len(plan.items)} to charge of {plan.examined} open invoices of enrolled customers", highlight=False
+    )
+    for reason, count in plan.skipped.most_common():
+        console.print(f"  not charged ({count}): {reason}", highlight=False, markup=False)
+
+
+def _print_outcomes(result: RunResult | list[tuple[str, journal.Outcome]]) -> int:
+    outcomes = result.outcomes if isinstance(result, RunResult) else result
+    failed = 0
+    for key, outcome in outcomes:
+        match outcome:
+            case journal.Done(external_id, details):
+                state = (details or {}).get("state", "done")
+                console.print(f"{key}: {state} ({external_id})", highlight=False, markup=False)
+            case journal.GiveUp(error, follow_up):
+                failed += 1
+                then = f"; next attempt {follow_up.not_before:%Y-%m-%d}" if follow_up and follow_up.not_before else ""
+                err.print(f"{key}: {error}{then}", highlight=False, markup=False)
+            case journal.RetryAt(when, error):
+                err.print(f"{key}: {error}; again at {when:%Y-%m-%d %H:%M}", highlight=False, markup=False)
+    return failed
+
+
+@charge_app.command("plan")
+def charge_plan(
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+    day: DateOption = None,
+    output: FormatOption = "table",
+) -> None:
+    """Preview exactly which invoices auto-pay would charge, how much and why. Changes nothing."""
+    if output not in ("table", "json"):
+        raise fail(f"--format {output!r}: use table or json")
+    with _collector(config, tenant) as collector:
+        _print_plan(collector.plan(parse_day(day)), output)
+
+
+@charge_app.command("run")
+def charge_run(
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+    day: DateOption = None,
+) -> None:
+    """Charge what the plan says, then carry out every charge that is due (retries included)."""
+    with _collector(config, tenant) as collector:
+        result = collector.run(parse_day(day))
+        _print_plan(result.plan, "table")
+        failed = _print_outcomes(result)
+        console.print(f"{result.recorded} charge(s) journaled; outcomes: {result.counts() or 'none'}", highlight=False)
+        raise typer.Exit(1 if failed else 0)
+
+
+@charge_app.command("batch")
+def charge_batch(
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+    invoice: Annotated[list[str] | None, typer.Option("--invoice", help="Invoice id or number (repeatable).")] = None,
+    customer: Annotated[list[str] | None, typer.Option("--customer", help="All open invoices of a customer.")] = None,
+    amount: Annotated[str | None, typer.Option(help="A partial amount (one invoice only).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the batch; charge nothing.")] = False,
+) -> None:
+    """Charge chosen invoices now with the customers' saved methods (their permission must be on record)."""
+    if not invoice and not customer:
+        raise fail("name at least one --invoice or --customer")
+    partial = _amount(amount)
+    if partial is not None and (customer or len(invoice or []) != 1):
+        raise fail("--amount needs exactly one --invoice and no --customer")
+    with _collector(config, tenant) as collector:
+        selection = Selection(
+            invoices=frozenset(collector.invoice_ref(i) for i in invoice or []),
+            customers=frozenset(collector.customer_ref(c) for c in customer or []),
+            amount=partial,
+        )
+        if dry_run:
+            _print_plan(collector.plan(selection=selection), "table")
+            return
+        result = collector.run(selection=selection)
+        _print_plan(result.plan, "table")
+        raise typer.Exit(1 if _print_outcomes(result) else 0)
+
+
+@charge_app.command("instalments")
+def charge_instalments(
+    invoice: Annotated[str, typer.Option("--invoice", help="Invoice id or number.")],
+    count: Annotated[int, typer.Option("--count", help="How many instalments.")],
+    every_days: Annotated[int, typer.Option("--every-days", help="Days between instalments.")] = 30,
+    first: Annotated[str | None, typer.Option("--first", help="Day of the first (YYYY-MM-DD); default today.")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+) -> None:
+    """Put an invoice on an instalment plan: auto-pay charges each instalment on its day."""
+    with _collector(config, tenant) as collector:
+        ref = collector.invoice_ref(invoice)
+        created = collector.instalments(ref, count, every_days, parse_day(first) or collector.today())
+        for item in created:
+            console.print(
+                f"{item.seq}. {item.due_on.isoformat()}  {money(item.amount, item.currency)}", highlight=False
+            )
+
+
+@autopay_app.command("enroll")
+def autopay_enroll(
+    customer: Annotated[str, typer.Option("--customer", help="Ledger customer id ([CONNECTION:]ID).")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+) -> None:
+    """Create a hosted page where the customer saves a card or bank account for auto-pay; print its URL."""
+    with _collector(config, tenant) as collector:
+        link = collector.enroll(customer)
+        until = f" (valid until {link.expires_at:%Y-%m-%d %H:%M} UTC)" if link.expires_at else ""
+        console.print(f"Send this link to the customer{until}:", highlight=False)
+        console.print(link.url, highlight=False, soft_wrap=True)
+
+
+@payments_app.command("follow")
+def payments_follow(config: ConfigOption = DEFAULT_CONFIG, tenant: TenantOption = None) -> None:
+    """Read the processor's events since last time: charges settled, refunds, disputes, payouts, enrolments."""
+    with _collector(config, tenant) as collector:
+        report, enrolled = collector.follow()
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.by_kind.items())) or "none"
+        console.print(
+            f"{report.applied} event(s) applied ({kinds}); {enrolled} enrolment(s) completed", highlight=False
+        )
+        if report.payouts_loaded:
+            console.print(f"payout lines loaded: {', '.join(report.payouts_loaded)}", highlight=False)
+        for warning in report.warnings:
+            err.print(f"warning: {warning}", highlight=False, markup=False)
+
+
+def refund(
+    payment: Annotated[str, typer.Option("--payment", help="The processor's payment id (pi_...).")],
+    amount: Annotated[str | None, typer.Option(help="Refund only this much (default: what is left).")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+) -> None:
+    """Refund a payment in full or in part, exactly once."""
+    with _collector(config, tenant) as collector:
+        outcomes = collector.refund(payment, _amount(amount))
+        raise typer.Exit(1 if _print_outcomes(outcomes) or not outcomes else 0)

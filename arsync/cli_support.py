@@ -1,0 +1,63 @@
+"""What every ``arsync`` command shares: the consoles, the --config option, errors, the app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from arsync.bootstrap import App, bootstrap
+from arsync.config import ConfigError
+from sync.db import DatabaseNotMigratedError
+
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="ARSYNC_CONFIG",
+        help="The TOML config file.",
+        show_default=True,
+    ),
+]
+DEFAULT_CONFIG = Path("arsync.toml")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@contextmanager
+def open_app(config: Path, *, migrated: bool = True) -> Iterator[App]:
+    try:
+        application = bootstrap(config)
+    except ConfigError as exc:
+        raise fail(f"invalid configuration:\n{exc}") from None
+    try:
+        if migrated:
+            application.require_migrated()
+            application.register()
+        yield application
+    except DatabaseNotMigratedError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        application.engine.dispose()
+
+
+def parse_date(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise fail(f"{option} {value!r} is not a date (YYYY-MM-DD)") from None
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
