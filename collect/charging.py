@@ -38,6 +38,7 @@ from connectors.base import (
     ChargeRequest,
     ChargeState,
     Clock,
+    ConnectorError,
     HostedLink,
     LinkRequest,
     PaymentProcessor,
@@ -216,7 +217,11 @@ class ChargeExecutor:
             case ChargeState.HARD_DECLINE:
                 return GiveUp(f"hard decline: {outcome.decline_code}")
             case ChargeState.REQUIRES_ACTION:
-                link = self._payment_link(planned)
+                try:
+                    link = self._payment_link(planned)
+                except ConnectorError as exc:
+                    # The charge is over either way; the link can be made again when a reminder needs it.
+                    return GiveUp(f"requires action: the customer must authenticate; payment link failed: {exc}")
                 where = f": {link.url}" if link is not None else ""
                 return GiveUp(f"requires action: the customer must authenticate; send a payment link{where}")
         raise AssertionError(outcome.state)  # pragma: no cover
