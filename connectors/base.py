@@ -489,6 +489,9 @@ class ProcessorEvent:
     """The processor's own event type (``payment_intent.succeeded``)."""
     kind: EventKind
     subject: ChargeUpdate | RefundUpdate | DisputeUpdate | PayoutUpdate | Enrolment | None = None
+    object_id: str | None = None
+    """The id of the object the event is about (``pi_...``, ``cs_...``): for an ``ENROLMENT`` without a
+    subject, the link to read with ``PaymentProcessor.link_enrolment``."""
 
 
 @dataclass(frozen=True)

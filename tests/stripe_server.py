@@ -1,7 +1,7 @@
 """localstripe for the tests: a subprocess on a free port, used once its HTTP port answers.
 
 localstripe is a third-party, stateful Stripe emulator. The tests run its own
-aiohttp application with four documented Stripe parameters it lacks added
+aiohttp application with five documented Stripe parameters it lacks added
 (:data:`ADDED_PARAMETERS`, each checked against Stripe's OpenAPI spec by the
 tests) and without its persistence to ``/tmp/localstripe.pickle`` (one file shared
 by every localstripe on the machine, rewritten on each request):
@@ -13,6 +13,13 @@ by every localstripe on the machine, rewritten on each request):
 * ``POST /v1/payment_intents`` with ``description`` (kept on the object) and
   ``automatic_payment_methods`` (accepted; localstripe has no payment method
   settings to apply it to).
+* ``GET /v1/events`` listed newest first, as Stripe lists them (localstripe lists
+  oldest first), with ``ending_before``: the ``limit`` events just newer than the
+  cursor, newest first, ``has_more`` while newer ones remain. A cursor it does not
+  have is a 404 ``No such event``.
+
+It also lists refunds strictly newest first, as Stripe does: localstripe sorts them
+by creation second, leaving refunds made within one second oldest first.
 
 Nothing else is changed: it still ignores ``Idempotency-Key``, declines only the
 cards it knows, and reports zero fees.
@@ -44,6 +51,7 @@ ADDED_PARAMETERS: dict[tuple[str, str], tuple[str, ...]] = {
     ("get", "/v1/payment_intents"): ("customer",),
     ("get", "/v1/payment_methods"): ("type",),
     ("post", "/v1/payment_intents"): ("description", "automatic_payment_methods"),
+    ("get", "/v1/events"): ("ending_before",),
 }
 """What :func:`_patch_localstripe` teaches localstripe: (method, path) -> parameters."""
 
@@ -121,7 +129,16 @@ def _wait_until_answering(server: LocalStripe, ready_within: float) -> None:
 def _patch_localstripe() -> None:
     """Teach localstripe the parameters of :data:`ADDED_PARAMETERS`; keep its store in memory only."""
     from localstripe.errors import UserError  # type: ignore[import-untyped]
-    from localstripe.resources import Customer, PaymentIntent, PaymentMethod, Store  # type: ignore[import-untyped]
+    from localstripe.resources import (  # type: ignore[import-untyped]
+        Customer,
+        Event,
+        List,
+        PaymentIntent,
+        PaymentMethod,
+        Refund,
+        Store,
+        store,
+    )
 
     def in_memory_only(self: Any) -> None:
         return None
@@ -174,9 +191,55 @@ def _patch_localstripe() -> None:
         create_payment_intent(self, *args, **kwargs)
         self.description = description
 
+    list_events_oldest_first = Event._api_list_all
+
+    class Page(List):  # type: ignore[misc]
+        """One page cut by the caller, with Stripe's ``has_more``."""
+
+        def __init__(self, url: str, items: list[Any], more: bool) -> None:
+            super().__init__(url, limit=max(1, len(items)))
+            self._list = items
+            self._more = more
+
+        @property
+        def has_more(self) -> bool:
+            return self._more
+
+    def list_events(
+        cls: Any,
+        /,
+        url: str,
+        limit: Any = None,
+        starting_after: Any = None,
+        ending_before: Any = None,
+        **filters: Any,
+    ) -> Any:
+        listing = list_events_oldest_first(url, limit=limit, starting_after=starting_after, **filters)
+        listing._list = list(reversed(listing._list))  # Stripe lists newest first
+        if ending_before is None:
+            return listing
+        if starting_after is not None:
+            raise UserError(400, "starting_after and ending_before are exclusive")
+        ids = [event.id for event in listing._list]
+        if ending_before not in ids:
+            raise UserError(404, f"No such event: '{ending_before}'")
+        newer = listing._list[: ids.index(ending_before)]
+        page = newer[-listing._limit :]
+        return Page(url, page, len(newer) > len(page))
+
+    list_refunds_by_second = Refund._api_list_all
+
+    def list_refunds(cls: Any, /, url: str, **params: Any) -> Any:
+        listing = list_refunds_by_second(url, **params)
+        made = {id(obj): n for n, obj in enumerate(store.values())}  # the store keeps creation order
+        listing._list.sort(key=lambda refund: made[id(refund)], reverse=True)
+        return listing
+
     PaymentIntent._api_list_all = classmethod(list_payment_intents)
     PaymentMethod._api_list_all = classmethod(list_payment_methods)
     PaymentIntent.__init__ = payment_intent_init
+    Event._api_list_all = classmethod(list_events)
+    Refund._api_list_all = classmethod(list_refunds)
 
 
 def _serve(fd: int) -> None:

@@ -4,7 +4,11 @@ One :class:`stripe.StripeClient` per processor (no module globals: ``stripe.api_
 is never set), sending through ``requests`` with an explicit timeout and
 ``max_network_retries=0``: our journal owns retries, and an answer that never came
 is reported as :class:`~connectors.base.RetriableError` (outcome unknown) for the
-journal to look up with :meth:`StripeProcessor.find_charge` before trying again.
+journal to look up with :meth:`StripeProcessor.find_charge` (or
+:meth:`StripeProcessor.find_refund`) before trying again.
+
+Hosted links are Checkout Sessions; the event feed is ``/v1/events`` read oldest first
+from a cursor; payout lines are ``/v1/balance_transactions?payout=``.
 
 Every SDK object is turned into a plain dict (``to_dict()``) and mapped by
 :mod:`connectors.stripe.mapping`; none leaves this package.
@@ -15,16 +19,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import stripe
 
 from connectors.base import (
     Actor,
+    BalanceLine,
     ChargeOutcome,
     ChargeRequest,
     ConnectorError,
+    Enrolment,
     FatalError,
+    HostedLink,
+    LinkRequest,
+    ProcessorEvent,
     RateLimitedError,
     RetriableError,
     SavedMethod,
@@ -35,8 +44,14 @@ from connectors.stripe.mapping import (
     KEY_METADATA,
     REFUND_FAILED,
     SAVED_METHOD_TYPES,
+    balance_line,
     classify_error,
+    enrolment_from_session,
+    enrolment_from_setup_intent,
+    event_from_payload,
+    hosted_link,
     key_of,
+    link_params,
     normalize_currency,
     outcome_from_card_error,
     outcome_from_payment_intent,
@@ -48,6 +63,7 @@ from connectors.stripe.mapping import (
 from connectors.values import MappingError
 
 T = TypeVar("T")
+P = ParamSpec("P")
 S = TypeVar("S", bound=stripe.StripeObject)
 
 DEFAULT_BASE_URL = "https://api.stripe.com"
@@ -298,3 +314,171 @@ class StripeProcessor:
         if summary.status in REFUND_FAILED:
             raise FatalError(f"stripe refund {key}: refund {summary.refund_id} is {summary.status}")
         return summary.refund_id
+
+    def find_refund(self, key: str, processor_id: str) -> str | None:
+        """The refund made under ``key`` for the PaymentIntent (or ``ch_`` charge) ``processor_id``, if any.
+
+        Reads every page of the payment's refunds (``GET /v1/refunds?payment_intent=`` or
+        ``?charge=``) for the one whose ``metadata.arsync_key`` is ``key``. If several carry it
+        (a server that ignores idempotency keys), the first made that is not ``failed`` or
+        ``canceled`` wins, else the first made.
+        """
+        target = "charge" if processor_id.startswith("ch_") else "payment_intent"
+        params: dict[str, Any] = {target: processor_id, "limit": self.page_size}
+        found = [
+            refund
+            for refund in self._each(
+                f"list refunds of {processor_id}",
+                lambda: self._client.v1.refunds.list(params=params),  # type: ignore[arg-type]
+            )
+            if key_of(refund) == key
+        ]
+        oldest_first = list(reversed(found))
+        live = [refund for refund in oldest_first if refund.get("status") not in REFUND_FAILED]
+        chosen = (live or oldest_first or [None])[0]
+        return None if chosen is None else str(chosen["id"])
+
+    # --- hosted links and enrolments ---------------------------------------------------
+
+    def create_link(self, request: LinkRequest) -> HostedLink:
+        """A Stripe Checkout Session (``POST /v1/checkout/sessions``) under the idempotency key ``request.key``.
+
+        Setup mode when ``request.amount`` is None, payment mode otherwise: see
+        :func:`~connectors.stripe.mapping.link_params` for what is sent.
+        """
+        params = link_params(request)
+        created = self._call(
+            f"create link {request.key}",
+            lambda: self._client.v1.checkout.sessions.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": request.key},
+            ),
+        )
+        return self._mapped(f"create link {request.key}", hosted_link, _plain(created))
+
+    def link_enrolment(self, link_id: str) -> Enrolment | None:
+        """The method saved through the setup link ``link_id`` (a Checkout Session), once it is complete.
+
+        One read (``expand[]=setup_intent.payment_method``); a server that leaves the
+        SetupIntent or its payment method as ids gets one more read for each. ``None`` while
+        the session is not ``complete`` or its SetupIntent has not ``succeeded``, and for a
+        payment link. Mapped by :func:`~connectors.stripe.mapping.enrolment_from_session`.
+        """
+        session = self._call(
+            f"retrieve link {link_id}",
+            lambda: _plain(
+                self._client.v1.checkout.sessions.retrieve(link_id, params={"expand": ["setup_intent.payment_method"]})
+            ),
+        )
+        if session.get("mode") != "setup" or session.get("status") != "complete":
+            return None
+        intent = session.get("setup_intent")
+        if isinstance(intent, str) and intent:
+            intent = self._setup_intent(intent)
+        if not isinstance(intent, Mapping):
+            raise FatalError(f"stripe link {link_id}: complete, but names no setup_intent")
+        if intent.get("status") != "succeeded":
+            return None
+        method = self._payment_method(intent)
+        return self._mapped(f"link {link_id}", enrolment_from_session, session, intent, method)
+
+    def setup_intent_enrolment(self, setup_intent_id: str) -> Enrolment | None:
+        """The method a SetupIntent saved without Checkout (the enrolment's ``link_id`` is the SetupIntent's id).
+
+        ``None`` until the SetupIntent has ``succeeded``. Mapped by
+        :func:`~connectors.stripe.mapping.enrolment_from_setup_intent`: ``off_session`` scope
+        when the SetupIntent's ``usage`` is ``off_session``.
+        """
+        intent = self._setup_intent(setup_intent_id)
+        if intent.get("status") != "succeeded":
+            return None
+        method = self._payment_method(intent)
+        return self._mapped(
+            f"setup_intent {setup_intent_id}", enrolment_from_setup_intent, intent, method, setup_intent_id
+        )
+
+    def _setup_intent(self, setup_intent_id: str) -> dict[str, Any]:
+        return self._call(
+            f"retrieve setup_intent {setup_intent_id}",
+            lambda: _plain(
+                self._client.v1.setup_intents.retrieve(setup_intent_id, params={"expand": ["payment_method"]})
+            ),
+        )
+
+    def _payment_method(self, setup_intent: Mapping[str, Any]) -> dict[str, Any]:
+        """The SetupIntent's payment method, read when it came as an id."""
+        method = setup_intent.get("payment_method")
+        if isinstance(method, Mapping):
+            return dict(method)
+        if not isinstance(method, str) or not method:
+            raise FatalError(f"stripe setup_intent {setup_intent.get('id')}: succeeded without a payment_method")
+        return self._call(
+            f"retrieve payment method {method}", lambda: _plain(self._client.v1.payment_methods.retrieve(method))
+        )
+
+    # --- events and payouts --------------------------------------------------------------
+
+    def events(self, after: str | None) -> Iterator[ProcessorEvent]:
+        """Events strictly newer than the event ``after``, oldest first, each mapped by
+        :func:`~connectors.stripe.mapping.event_from_payload` (a payload it cannot map raises
+        :class:`FatalError` naming the event; types it does not handle come as ``OTHER``, so
+        the caller's cursor can move past them).
+
+        Stripe lists events newest first. With a cursor, the list starts at
+        ``ending_before=after`` and the SDK walks toward newer events: each page is the
+        ``page_size`` events just newer than the last seen, reversed to oldest first, and
+        the next page is asked with ``ending_before`` = the newest so far, until
+        ``has_more`` is false. One page is held at a time; one request per ``page_size``
+        new events. A cursor Stripe no longer has (it keeps events 30 days) is refused
+        (``FatalError``): read again from ``None``.
+
+        Without a cursor there is nothing to start ``ending_before`` from: every page is
+        read newest first (``starting_after``) and the mapped events, not their payloads,
+        are held, then yielded oldest first. That happens once per account, on the first
+        read. (Walking to the oldest page holding one page, then back with
+        ``ending_before``, would bound memory at twice the requests.)
+        """
+        params: dict[str, Any] = {"limit": self.page_size}
+        if after is None:
+            newest_first = [
+                self._event(payload)
+                for payload in self._each(
+                    "list events",
+                    lambda: self._client.v1.events.list(params=params),  # type: ignore[arg-type]
+                )
+            ]
+            yield from reversed(newest_first)
+            return
+        params["ending_before"] = after
+        for payload in self._each(
+            f"list events after {after}",
+            lambda: self._client.v1.events.list(params=params),  # type: ignore[arg-type]
+        ):
+            yield self._event(payload)
+
+    def _event(self, payload: Mapping[str, Any]) -> ProcessorEvent:
+        return self._mapped(f"event {payload.get('id')}", event_from_payload, payload)
+
+    def payout_lines(self, payout_id: str) -> Iterator[BalanceLine]:
+        """The balance transactions paid out by ``payout_id`` (every page), the payout's own line left out.
+
+        ``GET /v1/balance_transactions?payout=po_...&expand[]=data.source``: the expanded
+        source names the PaymentIntent behind a charge, refund or dispute line (Stripe lists
+        a payout's transactions this way for automatic payouts only). Mapped by
+        :func:`~connectors.stripe.mapping.balance_line`.
+        """
+        params: dict[str, Any] = {"payout": payout_id, "limit": self.page_size, "expand": ["data.source"]}
+        for payload in self._each(
+            f"list balance transactions of {payout_id}",
+            lambda: self._client.v1.balance_transactions.list(params=params),  # type: ignore[arg-type]
+        ):
+            if payload.get("type") == "payout":
+                continue
+            yield self._mapped(f"balance transaction {payload.get('id')}", balance_line, payload, payout_id)
+
+    def _mapped(self, what: str, mapping: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``mapping(*args, **kwargs)``, a payload it cannot map raised as :class:`FatalError` naming ``what``."""
+        try:
+            return mapping(*args, **kwargs)
+        except MappingError as exc:
+            raise FatalError(f"stripe {what}: {exc}") from exc

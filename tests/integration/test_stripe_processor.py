@@ -21,36 +21,42 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
 import stripe
-import yaml
 
 from connectors.base import (
     Actor,
     ChargeOutcome,
     ChargeRequest,
     ChargeState,
+    ChargeUpdate,
+    Enrolment,
+    EventKind,
     FatalError,
+    LinkRequest,
+    ProcessorEvent,
     RateLimitedError,
     RetriableError,
     SavedMethod,
 )
 from connectors.stripe import StripeProcessor
-from tests.refdata import require_refdata
 from tests.stripe_server import ADDED_PARAMETERS, API_KEY, LocalStripe, start_localstripe
+from tests.stripe_spec import load_spec, operation, parameter_problems
 
 VISA = "4242424242424242"
 DECLINED_ON_CHARGE = "4000000000000341"
 """Attaches, then every charge is declined (localstripe: ``card_declined``, no decline code)."""
 THREE_D_SECURE = "4000002760003184"
 """Authentication required on every charge."""
+DECLINED_ON_ATTACH = "4000000000000002"
+"""Refused when attached (and so when a SetupIntent is confirmed with it): ``card_declined``."""
 IBAN_FAILS_LATER = "DE62370400440532013001"
 """SEPA debit that localstripe leaves ``processing``, then fails half a second later."""
 
@@ -378,6 +384,150 @@ def test_no_module_globals(processor: StripeProcessor) -> None:
     assert API_KEY not in repr(processor)
 
 
+def charge_event(events: list[ProcessorEvent], processor_id: str | None) -> tuple[int, ProcessorEvent]:
+    """The position and the event of the charge update for ``processor_id`` (exactly one)."""
+    found = [
+        (i, e)
+        for i, e in enumerate(events)
+        if isinstance(e.subject, ChargeUpdate) and e.subject.processor_id == processor_id
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_events_come_oldest_first_and_from_a_cursor(
+    processor: StripeProcessor, admin: stripe.StripeClient, localstripe: LocalStripe
+) -> None:
+    """localstripe records ``payment_intent.succeeded`` and ``payment_intent.payment_failed`` (and
+    customer events, which come as ``OTHER``); the harness lists them newest first with
+    ``ending_before``, as Stripe does. It records no ``charge.*``, refund, dispute, payout or
+    Checkout events: those are played from cassettes (tests/contract/test_stripe_cassettes.py)."""
+    paid_request = request_for(enrol(processor, admin), "42.00")
+    paid = processor.charge(paid_request)
+    declined_request = request_for(enrol(processor, admin, DECLINED_ON_CHARGE), "7.50")
+    declined = processor.charge(declined_request)
+
+    everything = list(processor.events(None))
+
+    assert len({e.id for e in everything}) == len(everything)
+    assert [e.created for e in everything] == sorted(e.created for e in everything)
+    at_paid, paid_event = charge_event(everything, paid.processor_id)
+    at_declined, declined_event = charge_event(everything, declined.processor_id)
+    assert at_paid < at_declined
+    assert (paid_event.type, paid_event.kind, paid_event.object_id) == (
+        "payment_intent.succeeded",
+        EventKind.CHARGE,
+        paid.processor_id,
+    )
+    assert paid.processor_id is not None and declined.processor_id is not None
+    assert paid_event.subject == ChargeUpdate(
+        paid.processor_id,
+        paid_request.key,
+        ChargeState.SUCCEEDED,
+        Decimal("42.00"),
+        "USD",
+        charge_id=raw_intent(admin, paid.processor_id)["latest_charge"]["id"],
+    )
+    assert declined_event.type == "payment_intent.payment_failed"
+    assert declined_event.subject == ChargeUpdate(
+        declined.processor_id,
+        declined_request.key,
+        ChargeState.SOFT_DECLINE,
+        Decimal("7.50"),
+        "USD",
+        decline_code="card_declined",
+        charge_id=raw_intent(admin, declined.processor_id)["latest_charge"]["id"],
+    )
+    assert {e.kind for e in everything[at_paid + 1 : at_declined]} == {EventKind.OTHER}  # the second customer
+
+    small_pages = StripeProcessor(API_KEY, base_url=localstripe.base_url, page_size=2)
+    after_paid = list(small_pages.events(paid_event.id))
+    assert after_paid == everything[at_paid + 1 :]
+    assert list(small_pages.events(everything[-1].id)) == []
+    assert list(small_pages.events(None)) == everything
+    with pytest.raises(FatalError, match="No such event"):
+        list(small_pages.events("evt_never_made"))
+
+
+def test_find_refund_by_key(processor: StripeProcessor, admin: stripe.StripeClient) -> None:
+    paid = processor.charge(request_for(enrol(processor, admin), "50.00"))
+    assert paid.processor_id is not None
+    key = unique("refund:acme:130")
+    refund_id = processor.refund(paid.processor_id, Decimal("5.00"), key)
+    other = processor.refund(paid.processor_id, Decimal("1.00"), unique("refund:acme:130"))
+    charge_id = raw_intent(admin, paid.processor_id)["latest_charge"]["id"]
+
+    assert processor.find_refund(key, paid.processor_id) == refund_id
+    assert processor.find_refund(key, charge_id) == refund_id
+    assert processor.find_refund(unique("refund:never-made"), paid.processor_id) is None
+    assert other != refund_id
+
+    # localstripe ignores Idempotency-Key: the same key refunds again. The first made is the one found.
+    again = processor.refund(paid.processor_id, Decimal("5.00"), key)
+    assert again != refund_id
+    small_pages = StripeProcessor(API_KEY, base_url=processor.base_url, page_size=1)
+    assert small_pages.find_refund(key, paid.processor_id) == refund_id
+
+
+def test_a_setup_intent_enrolment(processor: StripeProcessor, admin: stripe.StripeClient) -> None:
+    """Saving a card without Checkout (localstripe has none): a SetupIntent for the customer, off
+    session, confirmed with the card."""
+    customer = processor.ensure_customer(unique("cust"), None, "Acme Ltd")
+    key = unique("link:acme")
+    intent = admin.v1.setup_intents.create(
+        params={"customer": customer, "usage": "off_session", "metadata": {"arsync_key": key}}
+    )
+    assert processor.setup_intent_enrolment(intent.id) is None  # nothing saved yet
+
+    card = admin.v1.payment_methods.create(
+        params={"type": "card", "card": {"number": VISA, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}
+    )
+    admin.v1.setup_intents.confirm(intent.id, params={"payment_method": card.id})
+    enrolment = processor.setup_intent_enrolment(intent.id)
+
+    stored = admin.v1.setup_intents.retrieve(intent.id).to_dict()
+    assert enrolment == Enrolment(
+        intent.id,
+        customer,
+        SavedMethod(customer, card.id, "card", "visa", "4242", "credit"),
+        datetime.fromtimestamp(stored["created"], UTC),
+        "off_session",
+        {"arsync_key": key},
+    )
+    on_session = admin.v1.setup_intents.create(params={"customer": customer, "usage": "on_session"})
+    admin.v1.setup_intents.confirm(on_session.id, params={"payment_method": card.id})
+    later = processor.setup_intent_enrolment(on_session.id)
+    assert later is not None and (later.scope, later.metadata) == ("on_session", {})
+
+
+def test_a_declined_setup_saves_nothing(processor: StripeProcessor, admin: stripe.StripeClient) -> None:
+    customer = processor.ensure_customer(unique("cust"), None, None)
+    intent = admin.v1.setup_intents.create(params={"customer": customer, "usage": "off_session"})
+    card = admin.v1.payment_methods.create(
+        params={"type": "card", "card": {"number": DECLINED_ON_ATTACH, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}
+    )
+    with pytest.raises(stripe.CardError):
+        admin.v1.setup_intents.confirm(intent.id, params={"payment_method": card.id})
+    assert admin.v1.setup_intents.retrieve(intent.id).status == "canceled"
+    assert processor.setup_intent_enrolment(intent.id) is None
+
+
+def test_localstripe_cannot_list_a_payouts_transactions(processor: StripeProcessor) -> None:
+    """Recorded: localstripe refuses ``payout=`` on ``GET /v1/balance_transactions`` (and has no
+    payout or fee lines). Payout lines are played from cassettes instead
+    (tests/contract/test_stripe_cassettes.py)."""
+    with pytest.raises(FatalError, match="Unexpected payout"):
+        list(processor.payout_lines("po_none"))
+
+
+def test_localstripe_has_no_checkout(processor: StripeProcessor) -> None:
+    """Recorded: localstripe has no ``/v1/checkout/sessions``. Hosted links and their enrolments
+    are played from cassettes instead (tests/contract/test_stripe_cassettes.py)."""
+    request = LinkRequest(unique("link"), "cus_none", "https://x.test/ok", "https://x.test/no")
+    with pytest.raises(FatalError, match="404"):
+        processor.create_link(request)
+
+
 # --- canned Stripe answers --------------------------------------------------------------
 
 
@@ -678,17 +828,8 @@ def test_nothing_listening_is_retriable() -> None:
 
 def test_what_the_harness_adds_to_localstripe_is_stripe_api() -> None:
     """Every parameter tests/stripe_server.py teaches localstripe is in Stripe's OpenAPI spec."""
-    spec_path: Path = require_refdata("stripe", "spec3.yaml")
-    with spec_path.open(encoding="utf-8") as handle:
-        spec = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    spec = load_spec()
     for (method, path), names in ADDED_PARAMETERS.items():
-        operation = spec["paths"][path][method]
-        if method == "get":
-            known = {p["name"] for p in operation["parameters"]}
-        else:
-            known = set(
-                operation["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]["properties"]
-            )
-        assert set(names) <= known, f"{method.upper()} {path}: {set(names) - known} not in Stripe's spec"
-    pm_type = next(p for p in spec["paths"]["/v1/payment_methods"]["get"]["parameters"] if p["name"] == "type")
+        assert parameter_problems(spec, method, path, [(name, None) for name in names]) == []
+    pm_type = next(p for p in operation(spec, "get", "/v1/payment_methods")["parameters"] if p["name"] == "type")
     assert not pm_type.get("required") and "us_bank_account" in pm_type["schema"]["enum"]
