@@ -146,7 +146,9 @@ class App:
                 payments.api_key.reveal(), base_url=payments.base_url, timeout=payments.timeout_seconds
             )
         owner = f"{socket.gethostname()}:{os.getpid()}"
-        return Collector(self.sessions, chosen, chosen.payments, self.processors[chosen.name], self.clock, owner)
+        return Collector(
+            self.sessions, chosen, chosen.payments, self.processors[chosen.name], self.clock, owner, self.stop.is_set
+        )
 
     def _payments_tenant(self, name: str | None) -> TenantConfig:
         with_payments = [t for t in self.config.tenants if t.payments is not None]

@@ -6,6 +6,7 @@ The CLI and the daemon call this; it holds no state of its own beyond what
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_DOWN, Decimal
@@ -58,6 +59,7 @@ class Collector:
         processor: PaymentProcessor,
         clock: Clock,
         owner: str,
+        stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self.sessions = sessions
         self.tenant = tenant
@@ -65,6 +67,7 @@ class Collector:
         self.processor = processor
         self.clock = clock
         self.owner = owner
+        self.stop = stop
         self.connections = [c.name for c in tenant.connections]
         self.links = LinkSettings(payments.success_url, payments.cancel_url)
 
@@ -114,7 +117,7 @@ class Collector:
             while True:
                 settled = journal.run_due(self.sessions, kind, self.owner, handler, self.clock, limit=WORKER_BATCH)
                 done.extend(settled)
-                if len(settled) < WORKER_BATCH:
+                if len(settled) < WORKER_BATCH or self.stop():
                     break
         return done
 
@@ -202,7 +205,7 @@ class Collector:
 
     def follow(self) -> tuple[FollowReport, int]:
         """Read the processor's events since the cursor; then ask about setup links still open."""
-        report = EventFollower(self.sessions, self.processor, self.tenant.name, self.clock).follow()
+        report = EventFollower(self.sessions, self.processor, self.tenant.name, self.clock).follow(stop=self.stop)
         return report, complete_pending_links(self.sessions, self.processor, self.tenant.name)
 
     def refund(self, processor_id: str, amount: Decimal | None) -> list[tuple[str, journal.Outcome]]:

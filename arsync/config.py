@@ -96,6 +96,8 @@ XERO_SCOPES: Final[tuple[str, ...]] = (
 XERO_MAX_PAGE_SIZE: Final = 1000
 STRIPE_API_BASE: Final = "https://api.stripe.com"
 STRIPE_TIMEOUT_SECONDS: Final = 30.0
+DEFAULT_CHARGE_HOUR: Final = 9
+DEFAULT_FOLLOW_MINUTES: Final = 15
 
 _NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 # Upper case only: Intuit client ids and secrets and Xero client secrets are mixed case,
@@ -322,6 +324,10 @@ class PaymentsConfig:
     """Where Checkout sends the customer back after paying or saving a method."""
     cancel_url: str
     """Where Checkout sends the customer back when they give up."""
+    charge_hour: int = DEFAULT_CHARGE_HOUR
+    """The daemon's daily auto-pay run starts at this hour, in the tenant's time zone."""
+    follow_interval_minutes: int = DEFAULT_FOLLOW_MINUTES
+    """Minutes between two reads of the processor's events (settlements, refunds, disputes, payouts)."""
     autopay: AutopayPolicy = field(default_factory=AutopayPolicy)
     """Rules, retry days, surcharge, credits first, excluded tags (no rules: nothing is auto-charged)."""
 
@@ -726,6 +732,8 @@ class _RawPayments(_Section):
     success_url: _HttpUrl
     cancel_url: _HttpUrl
     retry_days: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: list(DEFAULT_RETRY_DAYS))
+    charge_hour: int = Field(default=DEFAULT_CHARGE_HOUR, ge=0, le=23)
+    follow_interval_minutes: int = Field(default=DEFAULT_FOLLOW_MINUTES, ge=1, le=1440)
     apply_credits: bool = True
     excluded_tags: _Tags = Field(default_factory=list)
     surcharge: _RawSurcharge | None = None
@@ -1486,6 +1494,8 @@ def _payments_config(raw: _RawPayments, api_key: Secret) -> PaymentsConfig:
         timeout_seconds=raw.timeout_seconds,
         success_url=raw.success_url,
         cancel_url=raw.cancel_url,
+        charge_hour=raw.charge_hour,
+        follow_interval_minutes=raw.follow_interval_minutes,
         autopay=AutopayPolicy(
             rules=rules,
             retry_days=tuple(raw.retry_days),

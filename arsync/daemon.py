@@ -1,5 +1,9 @@
 """``arsync run``: every connection synced on its interval, one run at a time.
 
+Tenants that take payments also get the processor's events read on their
+interval (with due charge retries and refunds carried out after), and the
+day's auto-pay run at ``charge_hour`` in their own time zone.
+
 SIGTERM and SIGINT set the app's stop event: the running sync finishes the
 page whose transaction is open, commits it and returns; the scheduler then
 shuts down and the process exits 0. The next start resumes from there.
@@ -16,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from arsync.bootstrap import App
 
@@ -76,6 +81,57 @@ def sync_job(app: App, name: str) -> None:
     )
 
 
+def follow_job(app: App, tenant: str) -> None:
+    """The processor's events, then the charges and refunds that are due (retries of soft declines)."""
+    if app.stop.is_set():
+        return
+    try:
+        collector = app.collector(tenant)
+        report, enrolled = collector.follow()
+        outcomes = collector.work()
+    except Exception:
+        log.exception("payments follow crashed", extra={"fields": {"tenant": tenant}})
+        return
+    log.info(
+        "payments followed",
+        extra={
+            "fields": {
+                "tenant": tenant,
+                "events": report.applied,
+                "by_kind": report.by_kind,
+                "payouts_loaded": report.payouts_loaded,
+                "enrolments": enrolled,
+                "settled": len(outcomes),
+                "warnings": report.warnings,
+            }
+        },
+    )
+
+
+def charge_job(app: App, tenant: str) -> None:
+    """The day's auto-pay: plan, journal, charge."""
+    if app.stop.is_set():
+        return
+    try:
+        result = app.collector(tenant).run()
+    except Exception:
+        log.exception("auto-pay run crashed", extra={"fields": {"tenant": tenant}})
+        return
+    log.info(
+        "auto-pay run",
+        extra={
+            "fields": {
+                "tenant": tenant,
+                "date": result.plan.today.isoformat(),
+                "examined": result.plan.examined,
+                "planned": len(result.plan.items),
+                "journaled": result.recorded,
+                "outcomes": result.counts(),
+            }
+        },
+    )
+
+
 def build_scheduler(app: App) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone="UTC")
     now = app.clock()
@@ -89,6 +145,28 @@ def build_scheduler(app: App) -> BackgroundScheduler:
             max_instances=1,
             coalesce=True,
             next_run_time=now + timedelta(seconds=1),
+        )
+    for tenant in app.config.tenants:
+        if tenant.payments is None:
+            continue
+        scheduler.add_job(
+            follow_job,
+            "interval",
+            args=(app, tenant.name),
+            minutes=tenant.payments.follow_interval_minutes,
+            id=f"payments:{tenant.name}",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=now + timedelta(seconds=2),
+        )
+        scheduler.add_job(
+            charge_job,
+            CronTrigger(hour=tenant.payments.charge_hour, timezone=tenant.tzinfo),
+            args=(app, tenant.name),
+            id=f"charge:{tenant.name}",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=6 * 3600,
         )
     return scheduler
 

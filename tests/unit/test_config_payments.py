@@ -495,3 +495,17 @@ def test_the_example_payments_block_is_valid_once_uncommented(tmp_path: Path) ->
     assert policy.retry_days == (1, 3, 7)
     # the file as shipped (block commented out) still has no payments
     assert load_config(EXAMPLE, environ=environ).tenant("acme").payments is None
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [("charge_hour = 24", f"{PAY}.charge_hour"), ("follow_interval_minutes = 0", f"{PAY}.follow_interval_minutes")],
+)
+def test_schedule_keys_are_bounded(tmp_path: Path, line: str, key: str) -> None:
+    problem = only_problem(write(tmp_path, BASE + MINIMAL + line + "\n"), PENV)
+    assert problem.key == key
+
+
+def test_schedule_defaults(tmp_path: Path) -> None:
+    payments = payments_of(MINIMAL, tmp_path)
+    assert (payments.charge_hour, payments.follow_interval_minutes) == (9, 15)
