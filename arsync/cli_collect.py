@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,9 +13,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from arsync.bootstrap import App
 from arsync.cli_support import DEFAULT_CONFIG, ConfigOption, console, err, fail, open_app
 from arsync.collecting import CollectingError, Collector, RunResult, parse_day
 from collect.autopay import ChargePlan, Selection, money
+from collect.marks import LedgerRefError, put_hold, release_holds, resolve_customer, resolve_invoice, set_tags
 from connectors.base import ConnectorError
 from sync import journal
 
@@ -29,11 +32,83 @@ DateOption = Annotated[str | None, typer.Option("--date", help="As of this day (
 FormatOption = Annotated[str, typer.Option("--format", help="table or json.")]
 
 
+customer_app = typer.Typer(no_args_is_help=True, help="Customers: tags that auto-pay rules and dunning select on.")
+invoice_app = typer.Typer(no_args_is_help=True, help="Invoices: disputes and holds that stop collecting.")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(charge_app, name="charge")
     app.add_typer(autopay_app, name="autopay")
     app.add_typer(payments_app, name="payments")
+    app.add_typer(customer_app, name="customer")
+    app.add_typer(invoice_app, name="invoice")
     app.command("refund")(refund)
+
+
+@contextmanager
+def _ledger(config: Path, tenant: str | None) -> Iterator[tuple[App, list[str]]]:
+    """The app and the connections a customer or invoice is looked up in (the tenant's, or all)."""
+    with open_app(config) as application:
+        try:
+            chosen = [application.config.tenant(tenant)] if tenant else list(application.config.tenants)
+        except KeyError as exc:
+            raise fail(str(exc.args[0])) from None
+        try:
+            yield application, [c.name for t in chosen for c in t.connections]
+        except (LedgerRefError, ValueError) as exc:
+            raise fail(str(exc)) from None
+
+
+@customer_app.command("tag")
+def customer_tag(
+    customer: Annotated[str, typer.Option("--customer", help="Ledger customer id ([CONNECTION:]ID).")],
+    add: Annotated[list[str] | None, typer.Option("--add", help="A tag to add (repeatable).")] = None,
+    remove: Annotated[list[str] | None, typer.Option("--remove", help="A tag to remove (repeatable).")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+) -> None:
+    """Add or remove a customer's tags, and show them."""
+    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+        ref = resolve_customer(session, connections, customer)
+        tags = set_tags(session, ref, [t.strip() for t in add or [] if t.strip()], remove or [])
+        console.print(f"{ref[0]}:{ref[1]}: {', '.join(tags) or '(no tags)'}", highlight=False, markup=False)
+
+
+@invoice_app.command("hold")
+def invoice_hold(
+    invoice: Annotated[str, typer.Option("--invoice", help="Invoice id or number ([CONNECTION:]ID).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (shown in plans and reports).")],
+    dispute: Annotated[bool, typer.Option("--dispute", help="The customer disputes it (else a plain hold).")] = False,
+    until: Annotated[str | None, typer.Option("--until", help="Last day of the hold (YYYY-MM-DD).")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+) -> None:
+    """Stop charging (and chasing) an invoice until it is released."""
+    last_day = _day(until, "--until")
+    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+        ref = resolve_invoice(session, connections, invoice)
+        put_hold(session, ref, "dispute" if dispute else "hold", reason, last_day, application.clock())
+        console.print(f"{ref[0]}:{ref[1]} on {'dispute' if dispute else 'hold'}", highlight=False)
+
+
+@invoice_app.command("release")
+def invoice_release(
+    invoice: Annotated[str, typer.Option("--invoice", help="Invoice id or number ([CONNECTION:]ID).")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+) -> None:
+    """Release an invoice's disputes and holds."""
+    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+        ref = resolve_invoice(session, connections, invoice)
+        released = release_holds(session, ref, application.clock())
+        console.print(f"{ref[0]}:{ref[1]}: {released} hold(s) released", highlight=False)
+
+
+def _day(text: str | None, option: str) -> date | None:
+    try:
+        return parse_day(text)
+    except CollectingError:
+        raise fail(f"{option} {text!r} is not a date (YYYY-MM-DD)") from None
 
 
 @contextmanager
@@ -160,7 +235,7 @@ def charge_plan(
     if output not in ("table", "json"):
         raise fail(f"--format {output!r}: use table or json")
     with _collector(config, tenant) as collector:
-        _print_plan(collector.plan(parse_day(day)), output)
+        _print_plan(collector.plan(_day(day, "--date")), output)
 
 
 @charge_app.command("run")
@@ -171,7 +246,7 @@ def charge_run(
 ) -> None:
     """Charge what the plan says, then carry out every charge that is due (retries included)."""
     with _collector(config, tenant) as collector:
-        result = collector.run(parse_day(day))
+        result = collector.run(_day(day, "--date"))
         _print_plan(result.plan, "table")
         failed = _print_outcomes(result)
         console.print(f"{result.recorded} charge(s) journaled; outcomes: {result.counts() or 'none'}", highlight=False)
@@ -219,7 +294,7 @@ def charge_instalments(
     """Put an invoice on an instalment plan: auto-pay charges each instalment on its day."""
     with _collector(config, tenant) as collector:
         ref = collector.invoice_ref(invoice)
-        created = collector.instalments(ref, count, every_days, parse_day(first) or collector.today())
+        created = collector.instalments(ref, count, every_days, _day(first, "--first") or collector.today())
         for item in created:
             console.print(
                 f"{item.seq}. {item.due_on.isoformat()}  {money(item.amount, item.currency)}", highlight=False

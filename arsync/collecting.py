@@ -19,7 +19,8 @@ from arsync.config import PaymentsConfig, TenantConfig
 from collect import charging, refunds
 from collect.autopay import ChargePlan, Selection, journal_plan, plan_charges
 from collect.charging import ChargeExecutor, LinkSettings
-from collect.enrolment import complete_pending_links, find_customer, setup_link
+from collect.enrolment import EnrolmentError, complete_pending_links, customer_view, setup_link
+from collect.marks import LedgerRefError, resolve_customer, resolve_invoice
 from collect.processor_events import EventFollower, FollowReport
 from connectors.base import Clock, HostedLink, PaymentProcessor
 from sync import journal
@@ -122,34 +123,18 @@ class Collector:
         return done
 
     def invoice_ref(self, text: str) -> tuple[str, str]:
-        """``CONNECTION:ID`` or an invoice id or number found in exactly one of the tenant's connections."""
-        connection, sep, external = text.rpartition(":")
-        if sep and connection in self.connections:
-            return connection, external
-        with self.sessions() as session:
-            rows = session.execute(
-                sa.select(col(Invoice.connection_id), col(Invoice.external_id)).where(
-                    col(Invoice.connection_id).in_(self.connections),
-                    sa.or_(col(Invoice.external_id) == text, col(Invoice.number) == text),
-                )
-            ).all()
-        if not rows:
-            raise CollectingError(f"invoice {text!r} is not in the ledger of tenant {self.tenant.name!r}")
-        if len(rows) > 1:
-            found = ", ".join(f"{c}:{i}" for c, i in rows)
-            raise CollectingError(f"invoice {text!r} is ambiguous ({found}); write CONNECTION:ID")
-        return rows[0][0], rows[0][1]
-
-    def customer_ref(self, text: str) -> tuple[str, str]:
-        connection, sep, external = text.rpartition(":")
-        if sep and connection in self.connections:
-            return connection, external
         with self.sessions() as session:
             try:
-                found = find_customer(session, self.tenant.name, self.connections, text)
-            except Exception as exc:
+                return resolve_invoice(session, self.connections, text)
+            except LedgerRefError as exc:
                 raise CollectingError(str(exc)) from None
-        return found.connection, found.external_id
+
+    def customer_ref(self, text: str) -> tuple[str, str]:
+        with self.sessions() as session:
+            try:
+                return resolve_customer(session, self.connections, text)
+            except LedgerRefError as exc:
+                raise CollectingError(str(exc)) from None
 
     def instalments(self, invoice: tuple[str, str], count: int, every_days: int, first: date) -> list[ChargeInstalment]:
         """Split the invoice's balance into ``count`` instalments (the last takes the rounding remainder)."""
@@ -196,10 +181,11 @@ class Collector:
     # --- enrolment, events, refunds ------------------------------------------------------
 
     def enroll(self, customer: str) -> HostedLink:
+        ref = self.customer_ref(customer)
         with self.sessions() as session:
             try:
-                found = find_customer(session, self.tenant.name, self.connections, customer)
-            except Exception as exc:
+                found = customer_view(session, self.tenant.name, ref)
+            except EnrolmentError as exc:
                 raise CollectingError(str(exc)) from None
         return setup_link(self.sessions, self.processor, found, self.links, self.clock)
 

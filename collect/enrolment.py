@@ -33,22 +33,20 @@ class CustomerView:
     email: str | None
 
 
-def find_customer(session: Session, tenant: str, connections: list[str], external_id: str) -> CustomerView:
-    rows = session.execute(
-        sa.select(col(Customer.id), col(Customer.connection_id), col(Customer.name)).where(
-            col(Customer.connection_id).in_(connections), col(Customer.external_id) == external_id
+def customer_view(session: Session, tenant: str, customer: tuple[str, str]) -> CustomerView:
+    """The customer's name and first contact email, for the processor's customer record."""
+    row = session.execute(
+        sa.select(col(Customer.id), col(Customer.name)).where(
+            col(Customer.connection_id) == customer[0], col(Customer.external_id) == customer[1]
         )
-    ).all()
-    if not rows:
-        raise EnrolmentError(f"customer {external_id!r} is not in the ledger of tenant {tenant!r}; sync first")
-    if len(rows) > 1:
-        found = ", ".join(r[1] for r in rows)
-        raise EnrolmentError(f"customer {external_id!r} is in several connections ({found}); name the connection")
-    row_id, connection, name = rows[0]
+    ).first()
+    if row is None:
+        raise EnrolmentError(f"customer {customer[0]}:{customer[1]} is not in the ledger; sync first")
+    row_id, name = row
     email = session.execute(
         sa.select(col(CustomerContact.email)).where(col(CustomerContact.customer_id) == row_id).limit(1)
     ).scalar_one_or_none()
-    return CustomerView(tenant, connection, external_id, name, email)
+    return CustomerView(tenant, customer[0], customer[1], name, email)
 
 
 def link_customer(
