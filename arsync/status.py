@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from rich.console import Group
@@ -12,7 +14,19 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from arsync.config import Config
-from sync.models import Connection, PullProgress, QuarantinedRecord, SyncCursor, SyncRun
+from sync.models import (
+    Connection,
+    HostedLinkRow,
+    JournalEntry,
+    Payout,
+    ProcessorCursor,
+    ProcessorPayment,
+    PullProgress,
+    QuarantinedRecord,
+    SavedPaymentMethod,
+    SyncCursor,
+    SyncRun,
+)
 from sync.store import TABLES
 
 
@@ -94,8 +108,114 @@ def _when(value: datetime | None, now: datetime) -> str:
     return f"{value:%Y-%m-%d %H:%M} ({rel})"
 
 
+@dataclass(frozen=True)
+class PaymentsStatus:
+    tenant: str
+    cursor: str | None
+    cursor_at: datetime | None
+    enrolled: int
+    open_setup_links: int
+    charges_waiting: int
+    """Journaled, not settled (pending, in flight, or retries of soft declines)."""
+    not_in_ledger: dict[str, Decimal]
+    """Per currency: charged and not yet in the ledger's balances."""
+    declined: dict[str, int]
+    """Last 30 days, per state."""
+    returned: int
+    payouts_waiting_lines: int
+
+
+def payments_status(session: Session, tenant: str, connections: list[str], now: datetime) -> PaymentsStatus:
+    cursor = session.get(ProcessorCursor, tenant)
+
+    def count(query: sa.Select[Any]) -> int:
+        return int(session.execute(query).scalar_one())
+
+    not_in_ledger: dict[str, Decimal] = {}
+    for currency, amount in session.execute(
+        sa.select(col(ProcessorPayment.currency), col(ProcessorPayment.amount)).where(
+            col(ProcessorPayment.tenant_id) == tenant,
+            col(ProcessorPayment.state).in_(("succeeded", "processing")),
+            col(ProcessorPayment.applied_in_ledger_at).is_(None),
+            col(ProcessorPayment.returned).is_(False),
+        )
+    ):
+        not_in_ledger[currency] = not_in_ledger.get(currency, Decimal(0)) + amount
+    declined = dict(
+        session.execute(
+            sa.select(col(ProcessorPayment.state), sa.func.count())
+            .where(
+                col(ProcessorPayment.tenant_id) == tenant,
+                col(ProcessorPayment.state).in_(("soft_decline", "hard_decline", "requires_action")),
+                col(ProcessorPayment.created_at) >= now - timedelta(days=30),
+            )
+            .group_by(col(ProcessorPayment.state))
+        ).all()
+    )
+    return PaymentsStatus(
+        tenant=tenant,
+        cursor=cursor.last_event_id if cursor else None,
+        cursor_at=cursor.last_event_created if cursor else None,
+        enrolled=count(
+            sa.select(sa.func.count())
+            .select_from(SavedPaymentMethod)
+            .where(col(SavedPaymentMethod.connection_id).in_(connections), col(SavedPaymentMethod.active).is_(True))
+        ),
+        open_setup_links=count(
+            sa.select(sa.func.count())
+            .select_from(HostedLinkRow)
+            .where(
+                col(HostedLinkRow.tenant_id) == tenant,
+                col(HostedLinkRow.mode) == "setup",
+                col(HostedLinkRow.completed_at).is_(None),
+            )
+        ),
+        charges_waiting=count(
+            sa.select(sa.func.count())
+            .select_from(JournalEntry)
+            .where(
+                col(JournalEntry.tenant_id) == tenant,
+                col(JournalEntry.kind) == "charge",
+                col(JournalEntry.status).in_(("pending", "in_flight")),
+            )
+        ),
+        not_in_ledger=not_in_ledger,
+        declined={str(k): int(v) for k, v in declined.items()},
+        returned=count(
+            sa.select(sa.func.count())
+            .select_from(ProcessorPayment)
+            .where(col(ProcessorPayment.tenant_id) == tenant, col(ProcessorPayment.returned).is_(True))
+        ),
+        payouts_waiting_lines=count(
+            sa.select(sa.func.count())
+            .select_from(Payout)
+            .where(col(Payout.tenant_id) == tenant, col(Payout.status) == "paid", col(Payout.lines_loaded_at).is_(None))
+        ),
+    )
+
+
+def _payments_block(p: PaymentsStatus, now: datetime) -> Table:
+    block = Table(title=f"{p.tenant} payments", show_header=False, title_justify="left")
+    block.add_column("field", style="bold")
+    block.add_column("value", overflow="fold")
+    events = "never read" if p.cursor is None else f"{p.cursor} {_when(p.cursor_at, now)}"
+    if p.cursor_at is not None and now - p.cursor_at > timedelta(days=25):
+        events += "\n[bold yellow]the processor keeps events 30 days: read them soon[/]"
+    block.add_row("events read up to", events)
+    block.add_row("enrolled methods", f"{p.enrolled} ({p.open_setup_links} setup link(s) not completed)")
+    block.add_row("charges waiting", str(p.charges_waiting))
+    block.add_row(
+        "charged, not in ledger",
+        ", ".join(f"{amount} {currency}" for currency, amount in sorted(p.not_in_ledger.items())) or "-",
+    )
+    block.add_row("declined (30 days)", ", ".join(f"{k}: {v}" for k, v in sorted(p.declined.items())) or "-")
+    block.add_row("bank debits returned", str(p.returned))
+    block.add_row("paid payouts without lines", str(p.payouts_waiting_lines))
+    return block
+
+
 def render_status(session: Session, config: Config, now: datetime) -> Group:
-    """One block per connection: field on the left, value on the right."""
+    """One block per connection, then one per tenant taking payments: field on the left, value on the right."""
     blocks: list[Table] = []
     for conn in config.connections():
         s = connection_status(session, conn.name, conn.tenant)
@@ -127,4 +247,8 @@ def render_status(session: Session, config: Config, now: datetime) -> Group:
         block.add_row("access token", _when(s.access_expires_at, now))
         block.add_row("refresh token", _when(s.refresh_expires_at, now))
         blocks.append(block)
+    for tenant in config.tenants:
+        if tenant.payments is not None:
+            status = payments_status(session, tenant.name, [c.name for c in tenant.connections], now)
+            blocks.append(_payments_block(status, now))
     return Group(*blocks)

@@ -81,3 +81,13 @@ def test_tags_and_holds_change_the_plan(config: Path) -> None:
 def test_bad_arguments_say_what_is_wrong(config: Path, args: tuple[str, ...], message: str) -> None:
     code, out = arsync(*args, "--config", str(config))
     assert code == 2 and message in " ".join(out.split()), out
+
+
+def test_status_shows_a_payments_block_per_paying_tenant(config: Path) -> None:
+    code, out = arsync("status", "--config", str(config))
+    flat = " ".join(out.split())
+    assert code == 0, out
+    assert "acme payments" in flat
+    assert "events read up to │ never read" in flat
+    assert "enrolled methods │ 2 (0 setup link(s) not completed)" in flat
+    assert "charged, not in ledger │ -" in flat
