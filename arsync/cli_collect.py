@@ -330,6 +330,22 @@ def payments_follow(config: ConfigOption = DEFAULT_CONFIG, tenant: TenantOption 
             err.print(f"warning: {warning}", highlight=False, markup=False)
 
 
+@payments_app.command("link")
+def payments_link(
+    invoice: Annotated[
+        str | None, typer.Option("--invoice", help="Pay this invoice ([CONNECTION:]ID or number).")
+    ] = None,
+    customer: Annotated[str | None, typer.Option("--customer", help="Pay this customer's open balance.")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+) -> None:
+    """A hosted page where the customer pays an invoice or their open balance; print its URL."""
+    with _collector(config, tenant) as collector:
+        link, amount, currency = collector.payment_link(invoice, customer)
+        console.print(f"Payment link for {money(amount, currency)}:", highlight=False)
+        console.print(link.url, highlight=False, soft_wrap=True)
+
+
 def refund(
     payment: Annotated[str, typer.Option("--payment", help="The processor's payment id (pi_...).")],
     amount: Annotated[str | None, typer.Option(help="Refund only this much (default: what is left).")] = None,

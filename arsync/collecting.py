@@ -18,8 +18,9 @@ from sqlmodel import col
 from arsync.config import PaymentsConfig, TenantConfig
 from collect import charging, refunds
 from collect.autopay import ChargePlan, Selection, journal_plan, plan_charges
-from collect.charging import ChargeExecutor, LinkSettings
-from collect.enrolment import EnrolmentError, complete_pending_links, customer_view, setup_link
+from collect.charging import ChargeExecutor
+from collect.enrolment import EnrolmentError, complete_pending_links, customer_view
+from collect.links import LinkError, LinkSettings, payment_link, setup_link
 from collect.marks import LedgerRefError, resolve_customer, resolve_invoice
 from collect.processor_events import EventFollower, FollowReport
 from connectors.base import Clock, HostedLink, PaymentProcessor
@@ -188,6 +189,31 @@ class Collector:
             except EnrolmentError as exc:
                 raise CollectingError(str(exc)) from None
         return setup_link(self.sessions, self.processor, found, self.links, self.clock)
+
+    def payment_link(self, invoice: str | None, customer: str | None) -> tuple[HostedLink, Decimal, str]:
+        """A hosted page to pay one invoice, or a customer's open balance."""
+        if (invoice is None) == (customer is None):
+            raise CollectingError("name either an invoice or a customer")
+        ref = self.invoice_ref(invoice) if invoice is not None else None
+        with self.sessions() as session:
+            if ref is not None:
+                owner = session.execute(
+                    sa.select(col(Invoice.customer_external_id)).where(
+                        col(Invoice.connection_id) == ref[0], col(Invoice.external_id) == ref[1]
+                    )
+                ).scalar_one()
+                who = (ref[0], owner or "")
+            else:
+                assert customer is not None
+                who = self.customer_ref(customer)
+            try:
+                view = customer_view(session, self.tenant.name, who)
+            except EnrolmentError as exc:
+                raise CollectingError(str(exc)) from None
+        try:
+            return payment_link(self.sessions, self.processor, view, self.links, self.clock, invoice=ref)
+        except LinkError as exc:
+            raise CollectingError(str(exc)) from None
 
     def follow(self) -> tuple[FollowReport, int]:
         """Read the processor's events since the cursor; then ask about setup links still open."""

@@ -31,6 +31,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
+from collect.enrolment import CustomerView
+from collect.links import LinkSettings, remember_link
 from collect.policy import DEFAULT_RETRY_DAYS
 from collect.standing import CHARGE_KIND, blocking_holds, outstanding_charges
 from connectors.base import (
@@ -44,7 +46,7 @@ from connectors.base import (
     PaymentProcessor,
 )
 from sync.journal import Claimed, Done, GiveUp, Intent, Outcome
-from sync.models import HostedLinkRow, Invoice, ProcessorPayment
+from sync.models import Invoice, ProcessorPayment
 
 KIND = CHARGE_KIND
 CHARGEABLE = ("open", "partially_paid")
@@ -53,14 +55,6 @@ CHARGEABLE = ("open", "partially_paid")
 def charge_key(tenant: str, connection: str, invoice: str, part: str, attempt: int) -> str:
     """``part`` names the decision (``auto-2026-11-22``, ``batch-2026-11-22``, ``i2`` for instalment 2)."""
     return f"charge:{tenant}:{connection}:{invoice}:{part}:{attempt}"
-
-
-@dataclass(frozen=True)
-class LinkSettings:
-    """Where hosted pages send the customer back to."""
-
-    success_url: str
-    cancel_url: str
 
 
 @dataclass(frozen=True)
@@ -271,25 +265,18 @@ class ChargeExecutor:
                 metadata={"arsync_invoice": planned.invoice, "arsync_connection": planned.connection},
             )
         )
+        customer = CustomerView(planned.tenant, planned.connection, planned.customer, planned.customer, None)
         with self.sessions.begin() as session:
-            exists = session.execute(sa.select(col(HostedLinkRow.id)).where(col(HostedLinkRow.key) == key)).first()
-            if exists is None:
-                session.add(
-                    HostedLinkRow(
-                        key=key,
-                        tenant_id=planned.tenant,
-                        connection_id=planned.connection,
-                        customer_external_id=planned.customer,
-                        invoice_external_id=planned.invoice,
-                        mode="payment",
-                        processor_id=link.processor_id,
-                        url=link.url,
-                        amount=planned.total,
-                        currency=planned.currency,
-                        created_at=self.clock(),
-                        expires_at=link.expires_at,
-                    )
-                )
+            remember_link(
+                session,
+                key,
+                customer,
+                link,
+                self.clock(),
+                invoice=planned.invoice,
+                amount=planned.total,
+                currency=planned.currency,
+            )
         return link
 
     def _next_attempt(self, planned: PlannedCharge) -> Intent | None:

@@ -15,8 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
-from collect.charging import LinkSettings
-from connectors.base import Clock, Enrolment, HostedLink, LinkRequest, PaymentProcessor
+from connectors.base import Clock, Enrolment, PaymentProcessor
 from sync.models import Customer, CustomerContact, HostedLinkRow, ProcessorLink, SavedPaymentMethod
 
 
@@ -72,50 +71,6 @@ def link_customer(
                 )
             )
     return processor_id
-
-
-def setup_link(
-    sessions: sessionmaker[Session],
-    processor: PaymentProcessor,
-    customer: CustomerView,
-    links: LinkSettings,
-    clock: Clock,
-    *,
-    method_types: tuple[str, ...] = ("card", "us_bank_account"),
-) -> HostedLink:
-    """A hosted page where the customer saves a card or bank account for auto-pay.
-
-    Keyed by customer and day: asking twice on one day returns the same page.
-    """
-    processor_customer = link_customer(sessions, processor, customer, clock)
-    now = clock()
-    key = f"setup:{customer.tenant}:{customer.connection}:{customer.external_id}:{now.date().isoformat()}"
-    link = processor.create_link(
-        LinkRequest(
-            key=key,
-            processor_customer_id=processor_customer,
-            success_url=links.success_url,
-            cancel_url=links.cancel_url,
-            method_types=method_types,
-            metadata={"arsync_customer": f"{customer.connection}:{customer.external_id}"},
-        )
-    )
-    with sessions.begin() as session:
-        if session.execute(sa.select(col(HostedLinkRow.id)).where(col(HostedLinkRow.key) == key)).first() is None:
-            session.add(
-                HostedLinkRow(
-                    key=key,
-                    tenant_id=customer.tenant,
-                    connection_id=customer.connection,
-                    customer_external_id=customer.external_id,
-                    mode="setup",
-                    processor_id=link.processor_id,
-                    url=link.url,
-                    created_at=now,
-                    expires_at=link.expires_at,
-                )
-            )
-    return link
 
 
 def record_enrolment(session: Session, enrolment: Enrolment) -> SavedPaymentMethod | None:

@@ -41,6 +41,8 @@ UNSETTLED = ("pending", "in_flight")
 MONEY_ON_ITS_WAY = ("succeeded", "processing")
 DECLINED = ("soft_decline", "hard_decline", "requires_action")
 BLOCKING_HOLDS = ("dispute", "hold")
+PROCESSOR_CREDIT = "processor_payment"
+"""The credit source of a payment made at the processor for a customer's balance, not one invoice."""
 
 InvoiceRef = tuple[str, str]
 """(connection, invoice external id)"""
@@ -255,13 +257,28 @@ def unreflected_credit_applications(
         p = jsonwire.loads(payload)
         doc = (str(p["connection"]), str(p["source"]), str(p["source_id"]))
         found.append((CreditApplication(ref, doc, Decimal(p["amount"])), status, updated_at))
-    posted = {app.document for app, status, _ in found if status == "done"}
+    posted = {app.document for app, status, _ in found if status == "done" and app.document[1] != PROCESSOR_CREDIT}
     synced = _synced_at(session, posted)
+    in_ledger = _payments_in_ledger(session, {a.document for a, _, _ in found if a.document[1] == PROCESSOR_CREDIT})
     return [
         app
         for app, status, done_at in found
         if not (status == "done" and done_at is not None and synced.get(app.document, done_at) > done_at)
+        and app.document not in in_ledger
     ]
+
+
+def _payments_in_ledger(session: Session, documents: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
+    """Processor payments (paid through a link for a whole balance) that write-back has put in the ledger."""
+    if not documents:
+        return set()
+    keys = {key: doc for doc in documents for key in [doc[2]]}
+    rows = session.execute(
+        sa.select(col(ProcessorPayment.key)).where(
+            col(ProcessorPayment.key).in_(list(keys)), col(ProcessorPayment.applied_in_ledger_at).is_not(None)
+        )
+    ).scalars()
+    return {keys[key] for key in rows}
 
 
 def _synced_at(session: Session, documents: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], datetime]:
@@ -281,7 +298,12 @@ def _synced_at(session: Session, documents: set[tuple[str, str, str]]) -> dict[t
 def available_credits(
     session: Session, tenant: str, connections: Sequence[str], customers: Iterable[CustomerRef] | None = None
 ) -> dict[CustomerRef, list[Credit]]:
-    """Per customer, open credit notes and unapplied cash, oldest first, less what is journaled to apply."""
+    """Per customer, open credit notes and unapplied cash, oldest first, less what is journaled to apply.
+
+    Unapplied cash includes payments made at the processor for a customer's whole
+    balance (a payment link): until write-back applies them, they are credits to
+    apply, so the invoices they pay are not charged again.
+    """
     pending: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
     for application in unreflected_credit_applications(session, tenant):
         pending[application.document] += application.amount
@@ -311,6 +333,31 @@ def available_credits(
             left = amount - pending.get((connection, source, external_id), Decimal(0))
             if left > 0:
                 credits[(connection, customer)].append(Credit(source, external_id, currency, left, issued))
+    paid_by_link = sa.select(
+        col(ProcessorPayment.connection_id),
+        col(ProcessorPayment.customer_external_id),
+        col(ProcessorPayment.key),
+        col(ProcessorPayment.currency),
+        col(ProcessorPayment.amount),
+        col(ProcessorPayment.created_at),
+    ).where(
+        col(ProcessorPayment.tenant_id) == tenant,
+        col(ProcessorPayment.invoice_external_id).is_(None),
+        col(ProcessorPayment.customer_external_id).is_not(None),
+        col(ProcessorPayment.state) == "succeeded",
+        col(ProcessorPayment.returned).is_(False),
+        col(ProcessorPayment.applied_in_ledger_at).is_(None),
+    )
+    for link_connection, link_customer, key, currency, amount, created in session.execute(paid_by_link):
+        if link_connection is None or link_customer is None:
+            continue
+        connection, customer = link_connection, link_customer
+        if wanted is not None and (connection, customer) not in wanted:
+            continue
+        left = amount - pending.get((connection, PROCESSOR_CREDIT, key), Decimal(0))
+        if left > 0:
+            issued = created.date() if created is not None else None
+            credits[(connection, customer)].append(Credit(PROCESSOR_CREDIT, key, currency, left, issued))
     for found in credits.values():
         found.sort(key=lambda c: (c.issued or date.min, c.source, c.external_id))
     return dict(credits)

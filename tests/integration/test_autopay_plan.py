@@ -254,3 +254,40 @@ def test_a_vendor_batch_charges_now_with_a_partial_amount(sessions: sessionmaker
     assert too_much.skipped == {"amount asked exceeds what is owed (100.00 USD)": 1}
     whole = plan(sessions, policy, selection=Selection(customers=frozenset({(L.CONN, "c1")})))
     assert charged(whole) == {"i1": Decimal("100.00"), "i2": Decimal("40.00")}
+
+
+def test_a_balance_paid_through_a_link_counts_as_cash_to_apply(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        L.customer(s, "c1")
+        L.invoice(s, "older", "c1", "100.00", issued=date(2026, 10, 1))
+        L.invoice(s, "newer", "c1", "100.00", issued=date(2026, 11, 1))
+        s.add(
+            ProcessorPayment(
+                key="paylink:acme:acme-qbo:customer-c1:2026-11-20:150.00",
+                processor_id="pi_link",
+                tenant_id=L.TENANT,
+                connection_id=L.CONN,
+                customer_external_id="c1",
+                amount=Decimal("150.00"),
+                surcharge=Decimal(0),
+                currency="USD",
+                state="succeeded",
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+    policy = AutopayPolicy(rules=(ON_ISSUE,))
+    p = plan(sessions, policy)
+    assert charged(p) == {"older": Decimal("0.00"), "newer": Decimal("50.00")}
+    with sessions.begin() as s:
+        journal_plan(s, p, NOW)
+    assert plan(sessions, policy).items == []
+    with sessions.begin() as s:
+        link_payment = s.query(ProcessorPayment).filter_by(processor_id="pi_link").one()
+        link_payment.applied_in_ledger_at = NOW  # write-back applied it: the ledger's balances now show it
+        for invoice, balance in (("older", "0.00"), ("newer", "50.00")):
+            row = s.query(Invoice).filter_by(external_id=invoice).one()
+            row.balance = Decimal(balance)
+            row.status = "paid" if balance == "0.00" else "partially_paid"
+    # The 50.00 charge journaled above is still on its way: nothing more is charged.
+    assert plan(sessions, policy).items == []
