@@ -13,7 +13,9 @@ What each event does:
   settled here, and a return after success marks the payment ``returned``
   (write-back reverses it). An attempt we did not make (a payment link paid
   in Checkout) is added under its PaymentIntent id.
-* refund, dispute: upserted, linked to the payment by its PaymentIntent.
+* refund, dispute: upserted, linked to the payment by its PaymentIntent. A new
+  dispute (a chargeback) puts the invoice on hold: the customer who disputes a
+  payment is not charged again until a person releases it.
 * payout: upserted; once ``paid``, its balance transactions (gross, fee and
   net per charge, refund and dispute) are loaded, so reconciliation can build
   the deposit that matches the bank line.
@@ -32,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
 from collect.enrolment import record_enrolment
+from collect.marks import put_hold
 from connectors.base import (
     ChargeUpdate,
     Clock,
@@ -53,6 +56,7 @@ from sync.models import (
     ProcessorRefund,
 )
 
+CLOSED_DISPUTE = ("won", "lost", "warning_closed", "charge_refunded")
 RETENTION = timedelta(days=30)
 """How long Stripe keeps events."""
 
@@ -189,6 +193,7 @@ class EventFollower:
     def _dispute(self, session: Session, update: DisputeUpdate) -> None:
         row = session.get(ProcessorDispute, update.dispute_id)
         if row is None:
+            self._hold_for_chargeback(session, update)
             row = ProcessorDispute(
                 dispute_id=update.dispute_id,
                 tenant_id=self.tenant,
@@ -203,6 +208,20 @@ class EventFollower:
         row.status = update.status
         row.reason = update.reason
         row.updated_at = self.clock()
+
+    def _hold_for_chargeback(self, session: Session, update: DisputeUpdate) -> None:
+        """A customer who disputes a payment must not be charged again for the invoice: hold it for a person."""
+        if update.payment_processor_id is None or update.status in CLOSED_DISPUTE:
+            return
+        paid = session.execute(
+            sa.select(col(ProcessorPayment.connection_id), col(ProcessorPayment.invoice_external_id)).where(
+                col(ProcessorPayment.processor_id) == update.payment_processor_id
+            )
+        ).first()
+        if paid is None or paid[0] is None or paid[1] is None:
+            return
+        reason = f"chargeback {update.dispute_id}" + (f": {update.reason}" if update.reason else "")
+        put_hold(session, (paid[0], paid[1]), "dispute", reason, None, self.clock())
 
     def _payout(self, session: Session, update: PayoutUpdate) -> None:
         row = session.get(Payout, update.payout_id)

@@ -30,6 +30,7 @@ from connectors.base import (
 )
 from sync.models import (
     BalanceLineRow,
+    InvoiceHold,
     Payout,
     ProcessorCursor,
     ProcessorDispute,
@@ -251,3 +252,21 @@ def test_a_cursor_older_than_the_processor_keeps_events_is_reported(
     clock.advance(days=40)
     report = follower(sessions, processor, clock).follow()
     assert len(report.warnings) == 1 and "30 days" in report.warnings[0]
+
+
+def test_a_chargeback_puts_the_invoice_on_hold(sessions: sessionmaker[Session], clock: FakeClock) -> None:
+    processor = FeedProcessor(
+        [
+            event(
+                1,
+                EventKind.DISPUTE,
+                DisputeUpdate("dp_1", "pi_1", Decimal("100.00"), "USD", "needs_response", "fraudulent"),
+            ),
+            event(2, EventKind.DISPUTE, DisputeUpdate("dp_1", "pi_1", Decimal("100.00"), "USD", "lost", "fraudulent")),
+            event(3, EventKind.DISPUTE, DisputeUpdate("dp_2", "pi_unknown", Decimal("9.00"), "USD", "needs_response")),
+        ]
+    )
+    follower(sessions, processor, clock).follow()
+    with sessions() as s:
+        holds = [(h.invoice_external_id, h.kind, h.reason, h.released_at) for h in s.query(InvoiceHold)]
+    assert holds == [("i1", "dispute", "chargeback dp_1: fraudulent", None)]
