@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -260,12 +261,17 @@ def charge_batch(
     invoice: Annotated[list[str] | None, typer.Option("--invoice", help="Invoice id or number (repeatable).")] = None,
     customer: Annotated[list[str] | None, typer.Option("--customer", help="All open invoices of a customer.")] = None,
     amount: Annotated[str | None, typer.Option(help="A partial amount (one invoice only).")] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Names a second batch of the same invoices on the same day.")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the batch; charge nothing.")] = False,
 ) -> None:
     """Charge chosen invoices now with the customers' saved methods (their permission must be on record)."""
     if not invoice and not customer:
         raise fail("name at least one --invoice or --customer")
     partial = _amount(amount)
+    if reference is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", reference):
+        raise fail(f"--reference {reference!r}: use 1 to 40 letters, digits, '-' or '_'")
     if partial is not None and (customer or len(invoice or []) != 1):
         raise fail("--amount needs exactly one --invoice and no --customer")
     with _collector(config, tenant) as collector:
@@ -273,6 +279,7 @@ def charge_batch(
             invoices=frozenset(collector.invoice_ref(i) for i in invoice or []),
             customers=frozenset(collector.customer_ref(c) for c in customer or []),
             amount=partial,
+            reference=reference,
         )
         if dry_run:
             _print_plan(collector.plan(selection=selection), "table")
@@ -319,7 +326,8 @@ def autopay_enroll(
 def payments_follow(config: ConfigOption = DEFAULT_CONFIG, tenant: TenantOption = None) -> None:
     """Read the processor's events since last time: charges settled, refunds, disputes, payouts, enrolments."""
     with _collector(config, tenant) as collector:
-        report, enrolled = collector.follow()
+        report, asked = collector.follow()
+        enrolled = asked + report.by_kind.get("enrolment", 0)
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.by_kind.items())) or "none"
         console.print(
             f"{report.applied} event(s) applied ({kinds}); {enrolled} enrolment(s) completed", highlight=False

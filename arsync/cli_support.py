@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from arsync.bootstrap import App, bootstrap
 from arsync.config import ConfigError
@@ -32,7 +33,8 @@ DEFAULT_CONFIG = Path("arsync.toml")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print ``error: message`` (the message as plain text: config keys like ``[tenants.x]`` are not markup)."""
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
     return typer.Exit(code)
 
 

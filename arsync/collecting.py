@@ -110,14 +110,16 @@ class Collector:
         )
 
     def work(self) -> list[tuple[str, journal.Outcome]]:
-        """Carry out the due charges and refunds of every tenant sharing this store, until none is left."""
+        """Carry out this tenant's due charges and refunds with its processor, until none is left."""
         done: list[tuple[str, journal.Outcome]] = []
         for kind, handler in (
             (charging.KIND, self.executor()),
             (refunds.KIND, refunds.RefundExecutor(self.sessions, self.processor, self.clock)),
         ):
             while True:
-                settled = journal.run_due(self.sessions, kind, self.owner, handler, self.clock, limit=WORKER_BATCH)
+                settled = journal.run_due(
+                    self.sessions, kind, self.owner, handler, self.clock, limit=WORKER_BATCH, tenant=self.tenant.name
+                )
                 done.extend(settled)
                 if len(settled) < WORKER_BATCH or self.stop():
                     break

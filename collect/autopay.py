@@ -16,9 +16,9 @@ crash, finds nothing left to charge for what is already under way.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -29,6 +29,7 @@ from sqlmodel import col
 from collect.charging import PlannedCharge
 from collect.policy import AutopayPolicy, Candidate
 from collect.standing import (
+    CHARGE_KIND,
     CREDIT_KIND,
     Credit,
     CustomerRef,
@@ -44,7 +45,7 @@ from collect.standing import (
 )
 from connectors.stripe.mapping import currency_exponent
 from sync import journal
-from sync.models import ChargeInstalment, Invoice, SavedPaymentMethod
+from sync.models import ChargeInstalment, Invoice, JournalEntry, SavedPaymentMethod
 
 CHARGEABLE = ("open", "partially_paid")
 YIELD_PER = 5000
@@ -121,6 +122,11 @@ class Selection:
     customers: frozenset[CustomerRef] = frozenset()
     amount: Decimal | None = None
     """A partial amount (only with a single invoice)."""
+    reference: str | None = None
+    """Names a second batch of the same invoices on the same day (each batch is charged once per day otherwise)."""
+
+    def part(self, today: date) -> str:
+        return f"batch-{today.isoformat()}" + (f"-{self.reference}" if self.reference else "")
 
 
 @dataclass
@@ -137,6 +143,8 @@ class _Context:
     methods: dict[CustomerRef, Method]
     credits: dict[CustomerRef, list[Credit]]
     instalments: dict[InvoiceRef, list[tuple[int, date, Decimal]]]
+    decided: set[tuple[str, str, str]]
+    """(connection, invoice, part) of every charge already journaled: one decision is made once."""
 
 
 def _instalments(session: Session, connections: Sequence[str]) -> dict[InvoiceRef, list[tuple[int, date, Decimal]]]:
@@ -155,6 +163,32 @@ def _instalments(session: Session, connections: Sequence[str]) -> dict[InvoiceRe
     for connection, invoice, seq, due_on, amount in rows:
         plans.setdefault((connection, invoice), []).append((seq, due_on, amount))
     return plans
+
+
+def _decided(
+    session: Session, tenant: str, today: date, instalment_invoices: Iterable[InvoiceRef]
+) -> set[tuple[str, str, str]]:
+    """Charges journaled for today's parts, and for invoices on instalments (whose parts span days).
+
+    Older keys cannot collide with today's decisions, so they are not read: the
+    journal grows by a key per charge, for ever.
+    """
+    prefix = f"charge:{tenant}:"
+    recent = datetime.combine(today - timedelta(days=2), datetime.min.time(), tzinfo=UTC)
+    subjects = [f"invoice:{c}:{i}" for c, i in instalment_invoices]
+    keys = session.execute(
+        sa.select(col(JournalEntry.key)).where(
+            col(JournalEntry.kind) == CHARGE_KIND,
+            col(JournalEntry.tenant_id) == tenant,
+            sa.or_(col(JournalEntry.created_at) >= recent, col(JournalEntry.subject).in_(subjects)),
+        )
+    ).scalars()
+    found = set()
+    for key in keys:
+        if key.startswith(prefix):
+            connection, invoice, part, _attempt = key.removeprefix(prefix).rsplit(":", 3)
+            found.add((connection, invoice, part))
+    return found
 
 
 def _open_invoices(session: Session, connections: Sequence[str], selection: Selection | None) -> Iterator[Invoice]:
@@ -195,6 +229,7 @@ def plan_charges(
 ) -> ChargePlan:
     """What auto-pay (or, with ``selection``, the vendor's batch) would charge on ``today``. Writes nothing."""
     mode: Mode = "auto" if selection is None else "batch"
+    instalments = _instalments(session, connections)
     ctx = _Context(
         tenant=tenant,
         connections=connections,
@@ -207,7 +242,8 @@ def plan_charges(
         tags=customer_tags(session, connections),
         methods=enrolled_methods(session, connections),
         credits=available_credits(session, tenant, connections) if policy.apply_credits else {},
-        instalments=_instalments(session, connections),
+        instalments=instalments,
+        decided=_decided(session, tenant, today, instalments),
     )
     plan = ChargePlan(tenant, today, mode)
     for invoice in _open_invoices(session, connections, selection):
@@ -238,7 +274,7 @@ def _decide(ctx: _Context, invoice: Invoice, selection: Selection | None) -> Pla
     due = invoice.balance - outstanding
     if due <= 0:
         return "already charged: payment on its way to the ledger"
-    part = f"{ctx.mode}-{ctx.today.isoformat()}"
+    part = selection.part(ctx.today) if selection is not None else f"auto-{ctx.today.isoformat()}"
     why = ""
     schedule = ctx.instalments.get(ref)
     if selection is not None:
@@ -256,6 +292,10 @@ def _decide(ctx: _Context, invoice: Invoice, selection: Selection | None) -> Pla
         if due <= 0:
             return "instalment plan: instalment already paid"
         part, why = f"i{seq}", f"instalment {seq} of {len(schedule)}"
+    if (ref[0], ref[1], part) in ctx.decided:
+        if selection is not None:
+            return "already charged in a batch today (give the batch a reference to charge again)"
+        return "already decided today"
     uses = _credits_for(ctx.credits.get(customer, []), invoice.currency, due)
     net = due - sum((u.amount for u in uses), Decimal(0))
     if not why:

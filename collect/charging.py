@@ -250,6 +250,7 @@ class ChargeExecutor:
             row.updated_at = now
 
     def _payment_link(self, planned: PlannedCharge) -> HostedLink | None:
+        """A link to pay the invoice's part (no surcharge: the customer may pay there by bank debit)."""
         if self.links is None:
             return None
         key = f"paylink:{planned.key}"
@@ -259,9 +260,9 @@ class ChargeExecutor:
                 processor_customer_id=planned.processor_customer_id,
                 success_url=self.links.success_url,
                 cancel_url=self.links.cancel_url,
-                amount=planned.total,
+                amount=planned.amount,
                 currency=planned.currency,
-                description=self._description(planned),
+                description=f"Invoice {planned.invoice}",
                 metadata={"arsync_invoice": planned.invoice, "arsync_connection": planned.connection},
             )
         )
@@ -274,7 +275,7 @@ class ChargeExecutor:
                 link,
                 self.clock(),
                 invoice=planned.invoice,
-                amount=planned.total,
+                amount=planned.amount,
                 currency=planned.currency,
             )
         return link

@@ -113,8 +113,9 @@ def claim(
     *,
     limit: int = 50,
     lease: timedelta = LEASE,
+    tenant: str | None = None,
 ) -> list[Claimed]:
-    """Lease up to ``limit`` due entries of ``kind`` to ``owner`` and mark them in flight (committed)."""
+    """Lease up to ``limit`` due entries of ``kind`` (of one ``tenant`` when given) to ``owner``, in flight."""
     due = sa.or_(
         sa.and_(col(JournalEntry.status) == "pending", col(JournalEntry.next_attempt_at) <= now),
         sa.and_(col(JournalEntry.status) == "in_flight", col(JournalEntry.lease_until) <= now),
@@ -126,6 +127,8 @@ def claim(
             .order_by(col(JournalEntry.id))
             .limit(limit)
         )
+        if tenant is not None:
+            query = query.where(col(JournalEntry.tenant_id) == tenant)
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         claimed = []
@@ -185,15 +188,18 @@ def run_due(
     *,
     limit: int = 50,
     lease: timedelta = LEASE,
+    tenant: str | None = None,
 ) -> list[tuple[str, Outcome]]:
     """Claim due entries of ``kind`` and settle each with the handler's outcome.
 
     An exception from the handler (a timeout after sending, say) leaves the
     entry in flight with the error noted: its outcome is unknown until the
     lease expires and a later claim looks it up. The other entries go on.
+    A handler that acts with one tenant's credentials (a payment processor)
+    must pass ``tenant``, so it never claims another tenant's entries.
     """
     settled = []
-    for entry in claim(sessions, kind, owner, clock(), limit=limit, lease=lease):
+    for entry in claim(sessions, kind, owner, clock(), limit=limit, lease=lease, tenant=tenant):
         try:
             outcome = handler(entry)
         except Exception as exc:

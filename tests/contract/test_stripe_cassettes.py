@@ -1,7 +1,8 @@
 """The Stripe processor's links, enrolments, events and payout lines replayed from cassettes.
 
-localstripe has no Checkout, no ``charge.*``/refund/dispute/payout events and no fees
-(see ``tests/integration/test_stripe_processor.py``), so these calls are checked here:
+localstripe has no ``charge.*``/refund/dispute/payout events and no fees, and its
+Checkout is our test server's emulation (see ``tests/stripe_server.py``), so these calls
+are checked against Stripe's own shapes here:
 each test writes a vcrpy cassette to ``tmp_path`` whose response bodies are Stripe's own
 example objects from ``fixtures3.json`` (lists around them, paginated with ``has_more``)
 and plays it to :class:`StripeProcessor` pointed at ``https://api.stripe.com``, through

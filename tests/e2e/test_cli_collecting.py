@@ -17,9 +17,6 @@ The CLI runs on the real clock. The plan's day is pinned with ``--date``; a retr
 ``not_before`` is the real time of the decline plus ``retry_days``, so the retry test
 moves that journal row's ``next_attempt_at`` in the database to make it due now.
 
-Two tests are ``xfail(strict=True)``: each states what a bug in non-test code makes the
-command do; each starts to pass (and so fails the run) once that bug is fixed.
-
 The last tests check the Checkout emulation itself against Stripe's spec and fixtures.
 """
 
@@ -683,13 +680,7 @@ def test_three_d_secure_ends_with_a_payment_link(ledger: Ledger) -> None:
     assert (document["examined"], document["charges"]) == (1, [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collect/processor_events.py EventFollower._charge records a payment made through a payment link with"
-    " amount = all that was paid and surcharge 0: the link of a surcharged charge asks for the total (charge +"
-    " surcharge), so the surcharge is counted as paid on the invoice",
-)
-def test_a_surcharged_charge_paid_through_its_link_pays_the_invoice_its_own_part(
+def test_a_surcharged_charge_needing_3ds_gets_a_link_for_the_invoice_part_only(
     tmp_path: Path, localstripe: LocalStripe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger = make_ledger(tmp_path, localstripe, monkeypatch, surcharge=True)
@@ -698,13 +689,21 @@ def test_a_surcharged_charge_paid_through_its_link_pays_the_invoice_its_own_part
         saved = ledger.enrol("C5", THREE_D_SECURE)
         ledger.invoice("I5", "C5", "100.00")
         assert ledger.arsync("charge", "run", "--date", DAY.isoformat()).code == 1
+        [declined] = ledger.rows(ProcessorPayment)
+        assert (declined.state, declined.amount, declined.surcharge) == (
+            "requires_action",
+            Decimal("100.00"),
+            Decimal("3.00"),
+        )
+        # The customer may pay on the page by bank debit, which is never surcharged: the link asks for the invoice.
         [link] = ledger.rows(HostedLinkRow, col(HostedLinkRow.mode) == "payment")
-        assert link.amount == Decimal("103.00")  # 100.00 + the 3% cap
+        assert link.amount == Decimal("100.00")
         assert ledger.stripe.complete(link.url, saved.payment_method_id).status_code == 200
         assert ledger.arsync("payments", "follow").code == 0
 
         [by_link] = ledger.rows(ProcessorPayment, col(ProcessorPayment.key) == link.key)
-        assert (by_link.state, by_link.amount, by_link.surcharge) == ("succeeded", Decimal("100.00"), Decimal("3.00"))
+        assert (by_link.state, by_link.amount, by_link.surcharge) == ("succeeded", Decimal("100.00"), Decimal(0))
+        assert (by_link.invoice_external_id, by_link.connection_id) == ("I5", "acme-qbo")
     finally:
         ledger.engine.dispose()
 
@@ -804,15 +803,7 @@ def test_refunds_are_made_once_each_and_never_more_than_was_paid(ledger: Ledger)
     [
         (("--tenant", "nope"), "no tenant named 'nope'; known tenants: acme, bare"),
         (("--date", "2026-13-01"), "--date '2026-13-01' is not a date (YYYY-MM-DD)"),
-        pytest.param(
-            ("--tenant", "bare"),
-            "tenant 'bare' has no [tenants.bare.payments] section: it takes no payments",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="arsync.cli_support.fail prints the message as rich markup: '[tenants.bare.payments]' is"
-                " taken for a style tag and dropped ('has no  section')",
-            ),
-        ),
+        (("--tenant", "bare"), "tenant 'bare' has no [tenants.bare.payments] section: it takes no payments"),
         (("--tenant", "bare", "--date", "2026-13-01"), "tenant 'bare' has no"),
         (("--format", "xml"), "--format 'xml': use table or json"),
     ],

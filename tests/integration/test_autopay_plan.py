@@ -291,3 +291,24 @@ def test_a_balance_paid_through_a_link_counts_as_cash_to_apply(sessions: session
             row.status = "paid" if balance == "0.00" else "partially_paid"
     # The 50.00 charge journaled above is still on its way: nothing more is charged.
     assert plan(sessions, policy).items == []
+
+
+def test_a_second_batch_on_the_same_day_needs_a_reference(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        L.customer(s, "c1")
+        L.invoice(s, "i1", "c1", "100.00", issued=TODAY, due=date(2027, 1, 1))
+    policy = AutopayPolicy(rules=(ON_DUE,))
+    one = Selection(invoices=frozenset({(L.CONN, "i1")}), amount=Decimal("10.00"))
+    with sessions.begin() as s:
+        journal_plan(s, plan(sessions, policy, selection=one), NOW)
+    assert plan(sessions, policy, selection=one).skipped == {
+        "already charged in a batch today (give the batch a reference to charge again)": 1
+    }
+    again = Selection(invoices=one.invoices, amount=Decimal("10.00"), reference="phone-call")
+    assert [i.charge.key for i in plan(sessions, policy, selection=again).items] == [
+        "charge:acme:acme-qbo:i1:batch-2026-11-22-phone-call:1"
+    ]
+    # The 10.00 journaled is on its way: 90.00 is all a batch may still take.
+    big = Selection(invoices=one.invoices, amount=Decimal("90.01"), reference="x")
+    assert plan(sessions, policy, selection=big).skipped == {"amount asked exceeds what is owed (90.00 USD)": 1}
+    assert plan(sessions, policy, today=date(2026, 11, 23), selection=one).items != []

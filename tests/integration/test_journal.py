@@ -142,3 +142,14 @@ def test_a_follow_up_is_journaled_with_the_outcome(sessions: sessionmaker[Sessio
     assert rows == {"charge:acme:7:1": "failed", "charge:acme:7:2": "pending"}
     assert journal.claim(sessions, "charge", "w1", later - timedelta(seconds=1)) == []
     assert [c.key for c in journal.claim(sessions, "charge", "w1", later)] == ["charge:acme:7:2"]
+
+
+def test_a_tenant_scoped_worker_claims_only_its_tenants_entries(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        s.add(Tenant(id="other", display_name="Other"))
+        s.flush()
+        journal.record(s, intent("k-acme"), T0)
+        journal.record(s, Intent("k-other", "other", "charge", {"amount": "1.00"}), T0)
+    claimed = journal.claim(sessions, "charge", "w", T0, tenant="acme")
+    assert [c.key for c in claimed] == ["k-acme"]
+    assert [c.key for c in journal.claim(sessions, "charge", "w", T0)] == ["k-other"]

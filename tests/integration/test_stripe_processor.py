@@ -520,9 +520,9 @@ def test_localstripe_cannot_list_a_payouts_transactions(processor: StripeProcess
         list(processor.payout_lines("po_none"))
 
 
-def test_localstripe_has_no_checkout(processor: StripeProcessor) -> None:
-    """Recorded: localstripe has no ``/v1/checkout/sessions``. Hosted links and their enrolments
-    are played from cassettes instead (tests/contract/test_stripe_cassettes.py)."""
+def test_a_link_for_an_unknown_customer_is_refused(processor: StripeProcessor) -> None:
+    """localstripe itself has no Checkout; the test server adds it (tests/stripe_server.py), answering
+    an unknown customer with 404 where Stripe answers 400: a fatal error either way."""
     request = LinkRequest(unique("link"), "cus_none", "https://x.test/ok", "https://x.test/no")
     with pytest.raises(FatalError, match="404"):
         processor.create_link(request)

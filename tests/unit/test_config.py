@@ -250,9 +250,7 @@ def test_relative_sqlite_path_resolves_against_the_config_folder(
 
 def test_absolute_sqlite_and_memory_urls_are_kept(tmp_path: Path) -> None:
     text = edit(BASE, 'url = "sqlite:///arsync.db"', 'url = "sqlite:////var/lib/arsync/a.db"')
-    assert load_config(write(tmp_path / "a", text), environ=ENV).database.url == (
-        "sqlite:////var/lib/arsync/a.db"
-    )
+    assert load_config(write(tmp_path / "a", text), environ=ENV).database.url == ("sqlite:////var/lib/arsync/a.db")
     text = edit(BASE, 'url = "sqlite:///arsync.db"', 'url = "sqlite://"')
     assert load_config(write(tmp_path / "b", text), environ=ENV).database.url == "sqlite://"
 
@@ -306,9 +304,7 @@ def test_bad_database_url_never_shows_the_password(tmp_path: Path) -> None:
 
 def test_database_repr_hides_password(tmp_path: Path) -> None:
     text = edit(BASE, 'url = "sqlite:///arsync.db"', 'url_env = "DB_URL"')
-    config = load_config(
-        write(tmp_path, text), environ={**ENV, "DB_URL": "postgresql+psycopg://u:hunter2pw@h/d"}
-    )
+    config = load_config(write(tmp_path, text), environ={**ENV, "DB_URL": "postgresql+psycopg://u:hunter2pw@h/d"})
     assert config.database.url.endswith("u:hunter2pw@h/d")
     assert "hunter2pw" not in repr(config)
     assert "hunter2pw" not in config.database.redacted_url
@@ -384,9 +380,7 @@ def test_unknown_key_suggests_the_closest_known_key(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_unknown_keys_in_every_section(
-    tmp_path: Path, old: str, new: str, key: str, suggestion: str
-) -> None:
+def test_unknown_keys_in_every_section(tmp_path: Path, old: str, new: str, key: str, suggestion: str) -> None:
     problems = by_key(problems_of(write(tmp_path, edit(BASE, old, new))))
     assert f"did you mean {suggestion!r}" in problems[key]
 
@@ -401,26 +395,37 @@ def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("old", "new", "key", "fragment"),
     [
-        ("sync_interval_minutes = 15", 'sync_interval_minutes = "15"', "sync_interval_minutes",
-         "must be an integer, not a string"),
-        ('realm_id = "9341453050000000"', "realm_id = 9341453050000000", "realm_id",
-         "put the value in double quotes"),
+        (
+            "sync_interval_minutes = 15",
+            'sync_interval_minutes = "15"',
+            "sync_interval_minutes",
+            "must be an integer, not a string",
+        ),
+        ('realm_id = "9341453050000000"', "realm_id = 9341453050000000", "realm_id", "put the value in double quotes"),
         ('realm_id = "9341453050000000"', 'realm_id = "acme"', "realm_id", "digits only"),
-        ("sync_interval_minutes = 15", "sync_interval_minutes = -5", "sync_interval_minutes",
-         "greater than or equal to 1"),
-        ("sync_interval_minutes = 15", "sync_interval_minutes = 0", "sync_interval_minutes",
-         "greater than or equal to 1"),
-        ("sync_interval_minutes = 15", "overlap_seconds = -1", "overlap_seconds",
-         "greater than or equal to 0"),
-        ("sync_interval_minutes = 15", "delete_guard_ratio = 1.5", "delete_guard_ratio",
-         "less than or equal to 1"),
+        (
+            "sync_interval_minutes = 15",
+            "sync_interval_minutes = -5",
+            "sync_interval_minutes",
+            "greater than or equal to 1",
+        ),
+        (
+            "sync_interval_minutes = 15",
+            "sync_interval_minutes = 0",
+            "sync_interval_minutes",
+            "greater than or equal to 1",
+        ),
+        ("sync_interval_minutes = 15", "overlap_seconds = -1", "overlap_seconds", "greater than or equal to 0"),
+        ("sync_interval_minutes = 15", "delete_guard_ratio = 1.5", "delete_guard_ratio", "less than or equal to 1"),
         ("sync_interval_minutes = 15", "timeout_seconds = 0", "timeout_seconds", "greater than 0"),
-        ('environment = "production"', 'environment = "prod"', "environment",
-         "must be 'production' or 'sandbox'"),
-        ("sync_interval_minutes = 15", 'entities = ["invoice", "invoices"]', "entities[1]",
-         "'customer', 'invoice', 'payment' or 'credit_note'"),
-        ("sync_interval_minutes = 15", 'entities = ["invoice", "invoice"]', "entities",
-         "invoice more than once"),
+        ('environment = "production"', 'environment = "prod"', "environment", "must be 'production' or 'sandbox'"),
+        (
+            "sync_interval_minutes = 15",
+            'entities = ["invoice", "invoices"]',
+            "entities[1]",
+            "'customer', 'invoice', 'payment' or 'credit_note'",
+        ),
+        ("sync_interval_minutes = 15", 'entities = ["invoice", "invoice"]', "entities", "invoice more than once"),
         ("sync_interval_minutes = 15", "entities = []", "entities", "must not be empty"),
         ("sync_interval_minutes = 15", "rate_limit = 5", "rate_limit", "must be a table"),
         (
@@ -435,18 +440,27 @@ def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> Non
             "rate_limit.concurrent",
             "greater than or equal to 1",
         ),
-        ('redirect_uri = "https://example.com/arsync/callback"',
-         'redirect_uri = "ftp://example.com/cb"', "redirect_uri", "http:// or https://"),
-        ('redirect_uri = "https://example.com/arsync/callback"',
-         'redirect_uri = "example.com/cb"', "redirect_uri", "http:// or https://"),
-        ("sync_interval_minutes = 15", 'base_url = "quickbooks.api.intuit.com"', "base_url",
-         "http:// or https://"),
-        ("sync_interval_minutes = 15", 'token_url = "file:///etc/passwd"', "token_url",
-         "http:// or https://"),
-        ('redirect_uri = "https://example.com/arsync/callback"\n', "", "redirect_uri",
-         "missing required key"),
-        ('client_secret_env = "ACME_QBO_SECRET"', 'client_secret_env = "acme-secret"',
-         "client_secret_env", "NAME of an environment variable"),
+        (
+            'redirect_uri = "https://example.com/arsync/callback"',
+            'redirect_uri = "ftp://example.com/cb"',
+            "redirect_uri",
+            "http:// or https://",
+        ),
+        (
+            'redirect_uri = "https://example.com/arsync/callback"',
+            'redirect_uri = "example.com/cb"',
+            "redirect_uri",
+            "http:// or https://",
+        ),
+        ("sync_interval_minutes = 15", 'base_url = "quickbooks.api.intuit.com"', "base_url", "http:// or https://"),
+        ("sync_interval_minutes = 15", 'token_url = "file:///etc/passwd"', "token_url", "http:// or https://"),
+        ('redirect_uri = "https://example.com/arsync/callback"\n', "", "redirect_uri", "missing required key"),
+        (
+            'client_secret_env = "ACME_QBO_SECRET"',
+            'client_secret_env = "acme-secret"',
+            "client_secret_env",
+            "NAME of an environment variable",
+        ),
     ],
 )
 def test_connection_value_problems_name_the_dotted_key(
@@ -462,27 +476,38 @@ def test_connection_value_problems_name_the_dotted_key(
 @pytest.mark.parametrize(
     ("old", "new", "key", "fragment"),
     [
-        ('timezone = "America/Chicago"', 'timezone = "America/Chicgo"', "tenants.acme.timezone",
-         "did you mean 'America/Chicago'"),
-        ('timezone = "America/Chicago"', 'timezone = "/etc/localtime"', "tenants.acme.timezone",
-         "unknown time zone"),
-        ('home_currency = "USD"', 'home_currency = "usd"', "tenants.acme.home_currency",
-         "did you mean 'USD'"),
-        ('home_currency = "USD"', 'home_currency = "US Dollar"', "tenants.acme.home_currency",
-         "3-letter"),
+        (
+            'timezone = "America/Chicago"',
+            'timezone = "America/Chicgo"',
+            "tenants.acme.timezone",
+            "did you mean 'America/Chicago'",
+        ),
+        ('timezone = "America/Chicago"', 'timezone = "/etc/localtime"', "tenants.acme.timezone", "unknown time zone"),
+        ('home_currency = "USD"', 'home_currency = "usd"', "tenants.acme.home_currency", "did you mean 'USD'"),
+        ('home_currency = "USD"', 'home_currency = "US Dollar"', "tenants.acme.home_currency", "3-letter"),
         ('home_currency = "USD"\n', "", "tenants.acme.home_currency", "missing required key"),
         ('log_format = "text"', 'log_format = "xml"', "daemon.log_format", "'json' or 'text'"),
-        ("shutdown_grace_seconds = 10", "shutdown_grace_seconds = -1",
-         "daemon.shutdown_grace_seconds", "greater than or equal to 0"),
-        ("shutdown_grace_seconds = 10", "shutdown_grace_seconds = true",
-         "daemon.shutdown_grace_seconds", "not a boolean"),
-        ("[tenants.acme.connections.acme-qbo]", "[tenants.acme.connections.Acme_QBO]",
-         "tenants.acme.connections.Acme_QBO", "lower-case"),
+        (
+            "shutdown_grace_seconds = 10",
+            "shutdown_grace_seconds = -1",
+            "daemon.shutdown_grace_seconds",
+            "greater than or equal to 0",
+        ),
+        (
+            "shutdown_grace_seconds = 10",
+            "shutdown_grace_seconds = true",
+            "daemon.shutdown_grace_seconds",
+            "not a boolean",
+        ),
+        (
+            "[tenants.acme.connections.acme-qbo]",
+            "[tenants.acme.connections.Acme_QBO]",
+            "tenants.acme.connections.Acme_QBO",
+            "lower-case",
+        ),
     ],
 )
-def test_tenant_and_daemon_problems(
-    tmp_path: Path, old: str, new: str, key: str, fragment: str
-) -> None:
+def test_tenant_and_daemon_problems(tmp_path: Path, old: str, new: str, key: str, fragment: str) -> None:
     text = edit(BASE, old, new)
     problem = only_problem(write(tmp_path, text))
     assert problem.key == key
@@ -562,10 +587,7 @@ def test_all_problems_are_reported_together(tmp_path: Path) -> None:
     }
     lines = str(caught.value).splitlines()
     assert len(lines) == len(problems)
-    assert any(
-        line.startswith(f"{path}: tenants.acme.timezone: unknown time zone 'Mars/Olympus'")
-        for line in lines
-    )
+    assert any(line.startswith(f"{path}: tenants.acme.timezone: unknown time zone 'Mars/Olympus'") for line in lines)
     for problem in problems:
         assert f"{problem.file}: {problem.key}: {problem.message}" in lines
     assert pickle.loads(pickle.dumps(caught.value)).problems == problems
@@ -663,7 +685,8 @@ def test_secrets_from_the_credentials_file(tmp_path: Path) -> None:
 
 def test_environment_wins_over_the_credentials_file(tmp_path: Path) -> None:
     creds = write(
-        tmp_path, '[connections.acme-qbo]\nclient_id = "from-file"\nclient_secret = "file-secret"\n',
+        tmp_path,
+        '[connections.acme-qbo]\nclient_id = "from-file"\nclient_secret = "file-secret"\n',
         "credentials.toml",
     )
     text = edit(BASE, "[tenants.acme]", f'[credentials]\nfile = "{creds}"\n\n[tenants.acme]')
@@ -689,9 +712,7 @@ def test_unreadable_credentials_file_is_a_problem(tmp_path: Path) -> None:
 
 
 def test_invalid_credentials_toml_is_a_problem_without_the_secret(tmp_path: Path) -> None:
-    creds = write(
-        tmp_path, f"[connections.acme-qbo]\nclient_secret = {SECRET}\n", "credentials.toml"
-    )
+    creds = write(tmp_path, f"[connections.acme-qbo]\nclient_secret = {SECRET}\n", "credentials.toml")
     text = _with_credentials_file(BASE, 'file = "credentials.toml"')
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text), environ={})
@@ -858,44 +879,84 @@ def test_constructed_xero_connection_config_has_sane_defaults() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "key", "fragment"),
     [
-        (f'xero_tenant_id = "{XERO_TENANT_ID}"', 'xero_tenant_id = "acme-ltd"', "xero_tenant_id",
-         "a UUID such as"),
-        (f'xero_tenant_id = "{XERO_TENANT_ID}"', f'xero_tenant_id = "{XERO_TENANT_ID[:-1]}"', "xero_tenant_id",
-         "a UUID such as"),
-        (f'xero_tenant_id = "{XERO_TENANT_ID}"', f'xero_tenant_id = "{{{XERO_TENANT_ID}}}"', "xero_tenant_id",
-         "a UUID such as"),
-        (f'xero_tenant_id = "{XERO_TENANT_ID}"', "xero_tenant_id = 42", "xero_tenant_id",
-         "must be a string, not an integer (put the value in double quotes)"),
+        (f'xero_tenant_id = "{XERO_TENANT_ID}"', 'xero_tenant_id = "acme-ltd"', "xero_tenant_id", "a UUID such as"),
+        (
+            f'xero_tenant_id = "{XERO_TENANT_ID}"',
+            f'xero_tenant_id = "{XERO_TENANT_ID[:-1]}"',
+            "xero_tenant_id",
+            "a UUID such as",
+        ),
+        (
+            f'xero_tenant_id = "{XERO_TENANT_ID}"',
+            f'xero_tenant_id = "{{{XERO_TENANT_ID}}}"',
+            "xero_tenant_id",
+            "a UUID such as",
+        ),
+        (
+            f'xero_tenant_id = "{XERO_TENANT_ID}"',
+            "xero_tenant_id = 42",
+            "xero_tenant_id",
+            "must be a string, not an integer (put the value in double quotes)",
+        ),
         ("sync_interval_minutes = 15", "page_size = 0", "page_size", "greater than or equal to 1 (got 0)"),
         ("sync_interval_minutes = 15", "page_size = 1001", "page_size", "less than or equal to 1000 (got 1001)"),
         ("sync_interval_minutes = 15", 'page_size = "100"', "page_size", "must be an integer, not a string"),
-        ("sync_interval_minutes = 15", 'scopes = ["accounting.transactions"]', "scopes",
-         "must include 'offline_access'"),
-        ("sync_interval_minutes = 15", 'scopes = ["offline_access", "offline_access"]', "scopes",
-         "offline_access more than once"),
+        (
+            "sync_interval_minutes = 15",
+            'scopes = ["accounting.transactions"]',
+            "scopes",
+            "must include 'offline_access'",
+        ),
+        (
+            "sync_interval_minutes = 15",
+            'scopes = ["offline_access", "offline_access"]',
+            "scopes",
+            "offline_access more than once",
+        ),
         ("sync_interval_minutes = 15", "scopes = []", "scopes", "must not be empty"),
         ("sync_interval_minutes = 15", 'scopes = "offline_access"', "scopes", "must be an array, not a string"),
-        ("sync_interval_minutes = 15", 'scopes = ["offline_access accounting.contacts"]', "scopes[0]",
-         'one scope per array item, e.g. scopes = ["offline_access", "accounting.contacts"]'),
-        ("sync_interval_minutes = 15", 'scopes = ["offline_access", ""]', "scopes[1]",
-         "is not an OAuth scope name"),
+        (
+            "sync_interval_minutes = 15",
+            'scopes = ["offline_access accounting.contacts"]',
+            "scopes[0]",
+            'one scope per array item, e.g. scopes = ["offline_access", "accounting.contacts"]',
+        ),
+        ("sync_interval_minutes = 15", 'scopes = ["offline_access", ""]', "scopes[1]", "is not an OAuth scope name"),
         ("sync_interval_minutes = 15", 'identity_url = "api.xero.com"', "identity_url", "http:// or https://"),
-        ("sync_interval_minutes = 15", 'authorize_url = "ftp://login.xero.com"', "authorize_url",
-         "http:// or https://"),
-        ("sync_interval_minutes = 15", 'entities = ["invoice", "bill"]', "entities[1]",
-         "'customer', 'invoice', 'payment' or 'credit_note'"),
-        ("sync_interval_minutes = 15", "rate_limit = { per_minute = 100, per_day = 50 }", "rate_limit",
-         "per_day (50) must be at least per_minute (100)"),
-        ("sync_interval_minutes = 15", "rate_limit = { per_minute = 100, app_per_minute = 50 }", "rate_limit",
-         "app_per_minute (50) must be at least per_minute (100)"),
-        ("sync_interval_minutes = 15", "rate_limit = { concurrent = 0 }", "rate_limit.concurrent",
-         "greater than or equal to 1"),
+        (
+            "sync_interval_minutes = 15",
+            'authorize_url = "ftp://login.xero.com"',
+            "authorize_url",
+            "http:// or https://",
+        ),
+        (
+            "sync_interval_minutes = 15",
+            'entities = ["invoice", "bill"]',
+            "entities[1]",
+            "'customer', 'invoice', 'payment' or 'credit_note'",
+        ),
+        (
+            "sync_interval_minutes = 15",
+            "rate_limit = { per_minute = 100, per_day = 50 }",
+            "rate_limit",
+            "per_day (50) must be at least per_minute (100)",
+        ),
+        (
+            "sync_interval_minutes = 15",
+            "rate_limit = { per_minute = 100, app_per_minute = 50 }",
+            "rate_limit",
+            "app_per_minute (50) must be at least per_minute (100)",
+        ),
+        (
+            "sync_interval_minutes = 15",
+            "rate_limit = { concurrent = 0 }",
+            "rate_limit.concurrent",
+            "greater than or equal to 1",
+        ),
         ('redirect_uri = "https://example.com/arsync/callback"\n', "", "redirect_uri", "missing required key"),
     ],
 )
-def test_xero_value_problems_name_the_dotted_key(
-    tmp_path: Path, old: str, new: str, key: str, fragment: str
-) -> None:
+def test_xero_value_problems_name_the_dotted_key(tmp_path: Path, old: str, new: str, key: str, fragment: str) -> None:
     path = write(tmp_path, edit(XERO, old, new))
     problem = only_problem(path)
     assert problem.file == str(path)
@@ -906,28 +967,77 @@ def test_xero_value_problems_name_the_dotted_key(
 @pytest.mark.parametrize(
     ("base", "line", "key", "fragments"),
     [
-        (XERO, 'realm_id = "9341453050000000"', f"{XCONN}.realm_id",
-         ["unknown key 'realm_id' for a 'xero' connection", "only to 'quickbooks' connections",
-          "did you mean 'xero_tenant_id'?"]),
-        (XERO, 'environment = "sandbox"', f"{XCONN}.environment",
-         ["unknown key 'environment' for a 'xero' connection", "only to 'quickbooks' connections",
-          "known keys:", "xero_tenant_id"]),
-        (XERO, "minor_version = 75", f"{XCONN}.minor_version",
-         ["unknown key 'minor_version' for a 'xero' connection", "only to 'quickbooks' connections"]),
-        (XERO, "rate_limit = { per_second = 5 }", f"{XCONN}.rate_limit.per_second",
-         ["unknown key 'per_second' for a 'xero' connection", "did you mean 'per_minute'?"]),
-        (XERO, "sync_intervall_minutes = 5", f"{XCONN}.sync_intervall_minutes",
-         ["unknown key 'sync_intervall_minutes' for a 'xero' connection", "did you mean 'sync_interval_minutes'?"]),
-        (BASE, f'xero_tenant_id = "{XERO_TENANT_ID}"', f"{CONN}.xero_tenant_id",
-         ["unknown key 'xero_tenant_id' for a 'quickbooks' connection", "only to 'xero' connections",
-          "did you mean 'realm_id'?"]),
-        (BASE, "page_size = 100", f"{CONN}.page_size",
-         ["unknown key 'page_size' for a 'quickbooks' connection", "only to 'xero' connections", "known keys:"]),
-        (BASE, 'scopes = ["offline_access"]', f"{CONN}.scopes",
-         ["unknown key 'scopes' for a 'quickbooks' connection", "only to 'xero' connections"]),
-        (BASE, "rate_limit = { per_day = 100 }", f"{CONN}.rate_limit.per_day",
-         ["unknown key 'per_day' for a 'quickbooks' connection", "only to 'xero' connections",
-          "known keys: per_second, per_minute, concurrent"]),
+        (
+            XERO,
+            'realm_id = "9341453050000000"',
+            f"{XCONN}.realm_id",
+            [
+                "unknown key 'realm_id' for a 'xero' connection",
+                "only to 'quickbooks' connections",
+                "did you mean 'xero_tenant_id'?",
+            ],
+        ),
+        (
+            XERO,
+            'environment = "sandbox"',
+            f"{XCONN}.environment",
+            [
+                "unknown key 'environment' for a 'xero' connection",
+                "only to 'quickbooks' connections",
+                "known keys:",
+                "xero_tenant_id",
+            ],
+        ),
+        (
+            XERO,
+            "minor_version = 75",
+            f"{XCONN}.minor_version",
+            ["unknown key 'minor_version' for a 'xero' connection", "only to 'quickbooks' connections"],
+        ),
+        (
+            XERO,
+            "rate_limit = { per_second = 5 }",
+            f"{XCONN}.rate_limit.per_second",
+            ["unknown key 'per_second' for a 'xero' connection", "did you mean 'per_minute'?"],
+        ),
+        (
+            XERO,
+            "sync_intervall_minutes = 5",
+            f"{XCONN}.sync_intervall_minutes",
+            ["unknown key 'sync_intervall_minutes' for a 'xero' connection", "did you mean 'sync_interval_minutes'?"],
+        ),
+        (
+            BASE,
+            f'xero_tenant_id = "{XERO_TENANT_ID}"',
+            f"{CONN}.xero_tenant_id",
+            [
+                "unknown key 'xero_tenant_id' for a 'quickbooks' connection",
+                "only to 'xero' connections",
+                "did you mean 'realm_id'?",
+            ],
+        ),
+        (
+            BASE,
+            "page_size = 100",
+            f"{CONN}.page_size",
+            ["unknown key 'page_size' for a 'quickbooks' connection", "only to 'xero' connections", "known keys:"],
+        ),
+        (
+            BASE,
+            'scopes = ["offline_access"]',
+            f"{CONN}.scopes",
+            ["unknown key 'scopes' for a 'quickbooks' connection", "only to 'xero' connections"],
+        ),
+        (
+            BASE,
+            "rate_limit = { per_day = 100 }",
+            f"{CONN}.rate_limit.per_day",
+            [
+                "unknown key 'per_day' for a 'quickbooks' connection",
+                "only to 'xero' connections",
+                "known keys: per_second, per_minute, concurrent",
+            ],
+        ),
     ],
 )
 def test_keys_of_the_other_kind_are_unknown_keys(

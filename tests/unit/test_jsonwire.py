@@ -18,4 +18,4 @@ def test_a_float_is_refused() -> None:
 
 
 def test_plain_values() -> None:
-    assert dumps({"a": [1, True, None, "x\"y"]}) == '{"a":[1,true,null,"x\\"y"]}'
+    assert dumps({"a": [1, True, None, 'x"y']}) == '{"a":[1,true,null,"x\\"y"]}'

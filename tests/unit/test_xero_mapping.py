@@ -676,13 +676,9 @@ def test_parse_xero_date_rejects(value: object) -> None:
 
 
 def test_format_if_modified_since() -> None:
-    assert format_if_modified_since(datetime(2019, 11, 14, 18, 10, 38, 999999, tzinfo=UTC)) == (
-        "2019-11-14T18:10:38Z"
-    )
+    assert format_if_modified_since(datetime(2019, 11, 14, 18, 10, 38, 999999, tzinfo=UTC)) == ("2019-11-14T18:10:38Z")
     auckland = timezone(timedelta(hours=13))
-    assert format_if_modified_since(datetime(2019, 11, 15, 7, 10, 38, tzinfo=auckland)) == (
-        "2019-11-14T18:10:38Z"
-    )
+    assert format_if_modified_since(datetime(2019, 11, 15, 7, 10, 38, tzinfo=auckland)) == ("2019-11-14T18:10:38Z")
     with pytest.raises(ValueError, match="timezone-aware"):
         format_if_modified_since(datetime(2019, 11, 14, 18, 10, 38))
 
