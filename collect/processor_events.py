@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -174,40 +174,31 @@ class EventFollower:
         row.updated_at = now
 
     def _refund(self, session: Session, update: RefundUpdate) -> None:
-        row = session.get(ProcessorRefund, update.refund_id)
-        if row is None:
-            row = ProcessorRefund(
-                refund_id=update.refund_id,
-                tenant_id=self.tenant,
-                amount=update.amount,
-                currency=update.currency,
-                status=update.status,
-            )
-            session.add(row)
-        row.payment_processor_id = update.payment_processor_id or row.payment_processor_id
-        row.key = update.key or row.key
-        row.amount = update.amount
-        row.status = update.status
-        row.updated_at = self.clock()
+        values = {
+            "tenant_id": self.tenant,
+            "payment_processor_id": update.payment_processor_id,
+            "key": update.key,
+            "amount": update.amount,
+            "currency": update.currency,
+            "status": update.status,
+            "updated_at": self.clock(),
+        }
+        _upsert(session, ProcessorRefund, update.refund_id, {"refund_id": update.refund_id, **values})
 
     def _dispute(self, session: Session, update: DisputeUpdate) -> None:
-        row = session.get(ProcessorDispute, update.dispute_id)
-        if row is None:
+        if session.get(ProcessorDispute, update.dispute_id) is None:
             self._hold_for_chargeback(session, update)
-            row = ProcessorDispute(
-                dispute_id=update.dispute_id,
-                tenant_id=self.tenant,
-                amount=update.amount,
-                currency=update.currency,
-                status=update.status,
-            )
-            session.add(row)
-        row.payment_processor_id = update.payment_processor_id or row.payment_processor_id
-        row.charge_id = update.charge_id or row.charge_id
-        row.amount = update.amount
-        row.status = update.status
-        row.reason = update.reason
-        row.updated_at = self.clock()
+        values = {
+            "tenant_id": self.tenant,
+            "payment_processor_id": update.payment_processor_id,
+            "charge_id": update.charge_id,
+            "amount": update.amount,
+            "currency": update.currency,
+            "status": update.status,
+            "reason": update.reason,
+            "updated_at": self.clock(),
+        }
+        _upsert(session, ProcessorDispute, update.dispute_id, {"dispute_id": update.dispute_id, **values})
 
     def _hold_for_chargeback(self, session: Session, update: DisputeUpdate) -> None:
         """A customer who disputes a payment must not be charged again for the invoice: hold it for a person."""
@@ -224,20 +215,16 @@ class EventFollower:
         put_hold(session, (paid[0], paid[1]), "dispute", reason, None, self.clock())
 
     def _payout(self, session: Session, update: PayoutUpdate) -> None:
-        row = session.get(Payout, update.payout_id)
-        if row is None:
-            row = Payout(
-                payout_id=update.payout_id,
-                tenant_id=self.tenant,
-                amount=update.amount,
-                currency=update.currency,
-                status=update.status,
-            )
-            session.add(row)
-        row.amount = update.amount
-        row.status = update.status
-        row.arrival_date = update.arrival_date
-        row.updated_at = self.clock()
+        values = {
+            "payout_id": update.payout_id,
+            "tenant_id": self.tenant,
+            "amount": update.amount,
+            "currency": update.currency,
+            "status": update.status,
+            "arrival_date": update.arrival_date,
+            "updated_at": self.clock(),
+        }
+        _upsert(session, Payout, update.payout_id, values, keep=())
 
     def load_payout_lines(self) -> list[str]:
         """Store the balance transactions of every paid payout not loaded yet (one transaction per payout)."""
@@ -256,6 +243,7 @@ class EventFollower:
             with self.sessions.begin() as session:
                 for line in lines:
                     values: dict[str, Any] = {
+                        "id": line.id,
                         "tenant_id": self.tenant,
                         "payout_id": payout_id,
                         "type": line.type,
@@ -268,13 +256,31 @@ class EventFollower:
                         "created": line.created,
                         "reporting_category": line.reporting_category,
                     }
-                    row = session.get(BalanceLineRow, line.id)
-                    if row is None:
-                        session.add(BalanceLineRow(id=line.id, **values))
-                    else:
-                        for name, value in values.items():
-                            setattr(row, name, value)
+                    _upsert(session, BalanceLineRow, line.id, values, keep=())
                 payout = session.get(Payout, payout_id)
                 assert payout is not None
                 payout.lines_loaded_at = self.clock()
         return todo
+
+
+Row = TypeVar("Row", ProcessorRefund, ProcessorDispute, Payout, BalanceLineRow)
+
+
+def _upsert(
+    session: Session,
+    model: type[Row],
+    ident: str,
+    values: dict[str, Any],
+    keep: tuple[str, ...] = ("payment_processor_id", "charge_id", "key"),
+) -> Row:
+    """Insert the row, or update it; a later event that lacks a field in ``keep`` leaves the known value."""
+    row = session.get(model, ident)
+    if row is None:
+        row = model(**values)
+        session.add(row)
+        return row
+    for name, value in values.items():
+        if value is None and name in keep:
+            continue
+        setattr(row, name, value)
+    return row
