@@ -229,12 +229,38 @@ class RecordSource(Protocol):
         ...
 
 
+class PostingKind(enum.StrEnum):
+    """What write-back puts in the books. Each kind's payload keys (money is ``Decimal``, dates ``date``):
+
+    * ``payment``: ``invoice_external_id``, ``customer_external_id``, ``amount``, ``currency``, ``date``,
+      ``account`` (where the money sits until the payout: the clearing account), ``reference``,
+      optional ``currency_rate``. A payment against one invoice, received into the clearing account.
+    * ``fee``: ``amount``, ``currency``, ``date``, ``from_account`` (clearing), ``expense_account``,
+      ``reference``, optional ``description`` and ``contact_name`` (the processor). An expense paid from clearing.
+    * ``payout``: ``amount``, ``currency``, ``date``, ``from_account`` (clearing), ``to_account`` (the bank),
+      ``reference`` (the payout id, which the bank statement shows). Clearing to bank: the deposit.
+    * ``credit_application``: ``invoice_external_id``, ``customer_external_id``, ``source`` (``credit_note`` or
+      ``payment``: unapplied cash), ``source_id``, ``amount``, ``currency``, ``date``, ``reference``. An existing
+      credit of the customer's applied to the invoice.
+
+    ``account``-like values are the ledger's own identifiers (a QuickBooks account Id, a Xero account code).
+    ``reference`` is the posting's key unless the payload says otherwise: it is how a posting whose outcome
+    is unknown is found again, and how its echo is recognised when the sync reads it back.
+    """
+
+    PAYMENT = "payment"
+    FEE = "fee"
+    PAYOUT = "payout"
+    CREDIT_APPLICATION = "credit_application"
+
+
 @dataclass(frozen=True)
 class Posting:
     """One effect to write into the ledger system (used by write-back)."""
 
     key: str
     kind: str
+    """A :class:`PostingKind` value."""
     payload: Mapping[str, Any]
 
 
@@ -244,12 +270,23 @@ class PostingResult:
     ok: bool
     external_id: str | None = None
     reason: str | None = None
+    retry: bool = False
+    """A failure that may pass by itself (a throttle, an outage). False: a person must act (closed period,
+    deleted invoice, validation): the posting is parked with ``reason``, never retried in a loop."""
 
 
 class LedgerWriter(Protocol):
     """Writes postings to the accounting system, idempotently by ``key``."""
 
-    def post(self, postings: Sequence[Posting]) -> list[PostingResult]: ...
+    def post(self, postings: Sequence[Posting]) -> list[PostingResult]:
+        """Post in the vendor's bulk form; one result per posting, in order. Raises ``RetriableError`` when the
+        outcome of a whole request is unknown (timeout): the caller then uses :meth:`find_posted`."""
+        ...
+
+    def find_posted(self, postings: Sequence[Posting]) -> dict[str, str]:
+        """Of ``postings`` (whose outcome is unknown), those already in the ledger: key -> the ledger's id.
+        Found by the reference that carries the key."""
+        ...
 
 
 # --- OAuth tokens -----------------------------------------------------------
