@@ -209,6 +209,21 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WritebackConfig:
+    """Where write-back books a connection's collected money (``[tenants.T.connections.C.writeback]``).
+
+    Accounts are the ledger's own identifiers: a QuickBooks account Id, a Xero account code.
+    """
+
+    clearing_account: str
+    """Where payments sit between the charge and the payout (an Undeposited Funds-like bank account)."""
+    bank_account: str
+    """Where payouts land: the account the bank feed reconciles."""
+    fee_account: str
+    """The expense account for processing fees."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QuickBooksConnectionConfig:
     name: str
     tenant: str
@@ -228,6 +243,8 @@ class QuickBooksConnectionConfig:
     minor_version: int = 75
     timeout_seconds: float = 60.0
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    writeback: WritebackConfig | None = None
+    """None: nothing is written to this ledger."""
 
     @property
     def api_base(self) -> str:
@@ -285,6 +302,8 @@ class XeroConnectionConfig:
     timeout_seconds: float = 60.0
     page_size: int = XERO_MAX_PAGE_SIZE
     rate_limit: XeroRateLimitConfig = field(default_factory=XeroRateLimitConfig)
+    writeback: WritebackConfig | None = None
+    """None: nothing is written to this ledger."""
 
     @property
     def api_base(self) -> str:
@@ -566,6 +585,12 @@ def _check_scope(value: str) -> str:
 _Scope = Annotated[str, AfterValidator(_check_scope)]
 
 
+class _RawWriteback(_Section):
+    clearing_account: _NonBlank
+    bank_account: _NonBlank
+    fee_account: _NonBlank
+
+
 class _RawConnection(_Section):
     """Keys every connection kind has; each kind's model adds its own."""
 
@@ -584,6 +609,7 @@ class _RawConnection(_Section):
     overlap_seconds: int = Field(default=300, ge=0)
     delete_guard_ratio: float = Field(default=0.5, ge=0, le=1)
     timeout_seconds: float = Field(default=60.0, gt=0)
+    writeback: _RawWriteback | None = None
 
     @field_validator("entities")
     @classmethod
@@ -1428,6 +1454,7 @@ def _quickbooks_connection(
             per_minute=raw.rate_limit.per_minute,
             concurrent=raw.rate_limit.concurrent,
         ),
+        writeback=_writeback(raw.writeback),
     )
 
 
@@ -1459,6 +1486,15 @@ def _xero_connection(
             concurrent=raw.rate_limit.concurrent,
             app_per_minute=raw.rate_limit.app_per_minute,
         ),
+        writeback=_writeback(raw.writeback),
+    )
+
+
+def _writeback(raw: _RawWriteback | None) -> WritebackConfig | None:
+    if raw is None:
+        return None
+    return WritebackConfig(
+        clearing_account=raw.clearing_account, bank_account=raw.bank_account, fee_account=raw.fee_account
     )
 
 

@@ -509,3 +509,24 @@ def test_schedule_keys_are_bounded(tmp_path: Path, line: str, key: str) -> None:
 def test_schedule_defaults(tmp_path: Path) -> None:
     payments = payments_of(MINIMAL, tmp_path)
     assert (payments.charge_hour, payments.follow_interval_minutes) == (9, 15)
+
+
+WRITEBACK = """
+[tenants.acme.connections.acme-qbo.writeback]
+clearing_account = "35"
+bank_account = "36"
+fee_account = "54"
+"""
+
+
+def test_a_connection_names_its_write_back_accounts(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE + WRITEBACK), environ=PENV)
+    writeback = config.connection("acme-qbo").writeback
+    assert writeback is not None
+    assert (writeback.clearing_account, writeback.bank_account, writeback.fee_account) == ("35", "36", "54")
+    assert load_config(write(tmp_path, BASE), environ=PENV).connection("acme-qbo").writeback is None
+
+
+def test_a_write_back_section_needs_every_account(tmp_path: Path) -> None:
+    problem = only_problem(write(tmp_path, BASE + edit(WRITEBACK, 'fee_account = "54"\n', "")), PENV)
+    assert problem.key == "tenants.acme.connections.acme-qbo.writeback.fee_account"
