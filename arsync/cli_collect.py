@@ -17,9 +17,10 @@ from rich.table import Table
 from arsync.bootstrap import App
 from arsync.cli_support import DEFAULT_CONFIG, ConfigOption, console, err, fail, open_app
 from arsync.collecting import CollectingError, Collector, RunResult, parse_day
-from collect.autopay import ChargePlan, Selection, money
+from collect.autopay import ChargePlan, Selection
 from collect.marks import LedgerRefError, put_hold, release_holds, resolve_customer, resolve_invoice, set_tags
 from connectors.base import ConnectorError
+from connectors.values import show_money
 from sync import journal
 
 charge_app = typer.Typer(no_args_is_help=True, help="Auto-pay: preview and make charges of saved methods.")
@@ -186,19 +187,19 @@ def _print_plan(plan: ChargePlan, output: str) -> None:
         table.add_row(
             f"{c.connection}:{item.number or c.invoice}",
             c.customer,
-            money(item.balance, c.currency),
-            money(item.outstanding, c.currency),
+            show_money(item.balance, c.currency),
+            show_money(item.outstanding, c.currency),
             applied,
-            money(c.amount, c.currency),
-            money(c.surcharge, c.currency) if c.surcharge else "-",
+            show_money(c.amount, c.currency),
+            show_money(c.surcharge, c.currency) if c.surcharge else "-",
             f"{c.method_type} {c.payment_method_id}",
             item.why,
         )
     console.print(table)
     for currency, (principal, surcharge, credits) in sorted(plan.totals().items()):
         console.print(
-            f"{currency}: charge {money(principal, currency)}, surcharges {money(surcharge, currency)},"
-            f" credits applied {money(credits, currency)}",
+            f"{currency}: charge {show_money(principal, currency)}, surcharges {show_money(surcharge, currency)},"
+            f" credits applied {show_money(credits, currency)}",
             highlight=False,
         )
     console.print(
@@ -304,7 +305,7 @@ def charge_instalments(
         created = collector.instalments(ref, count, every_days, _day(first, "--first") or collector.today())
         for item in created:
             console.print(
-                f"{item.seq}. {item.due_on.isoformat()}  {money(item.amount, item.currency)}", highlight=False
+                f"{item.seq}. {item.due_on.isoformat()}  {show_money(item.amount, item.currency)}", highlight=False
             )
 
 
@@ -350,7 +351,7 @@ def payments_link(
     """A hosted page where the customer pays an invoice or their open balance; print its URL."""
     with _collector(config, tenant) as collector:
         link, amount, currency = collector.payment_link(invoice, customer)
-        console.print(f"Payment link for {money(amount, currency)}:", highlight=False)
+        console.print(f"Payment link for {show_money(amount, currency)}:", highlight=False)
         console.print(link.url, highlight=False, soft_wrap=True)
 
 

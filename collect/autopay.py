@@ -43,7 +43,7 @@ from collect.standing import (
     last_declines,
     outstanding_charges,
 )
-from connectors.stripe.mapping import currency_exponent
+from connectors.values import minor_unit, show_money
 from sync import journal
 from sync.models import ChargeInstalment, Invoice, JournalEntry, SavedPaymentMethod
 
@@ -280,7 +280,7 @@ def _decide(ctx: _Context, invoice: Invoice, selection: Selection | None) -> Pla
     if selection is not None:
         if selection.amount is not None:
             if selection.amount > due:
-                return f"amount asked exceeds what is owed ({money(due, invoice.currency)})"
+                return f"amount asked exceeds what is owed ({show_money(due, invoice.currency)})"
             due = selection.amount
         why = "vendor batch (customer's permission to charge while absent on record)"
     elif schedule is not None:
@@ -315,7 +315,7 @@ def _decide(ctx: _Context, invoice: Invoice, selection: Selection | None) -> Pla
     _consume(ctx.credits.get(customer, []), uses)
     surcharge = Decimal(0)
     if ctx.policy.surcharge is not None and net > 0:
-        surcharge = ctx.policy.surcharge.amount(net, method.kind, method.funding, currency_exponent(invoice.currency))
+        surcharge = ctx.policy.surcharge.amount(net, method.kind, method.funding, minor_unit(invoice.currency))
     charge = PlannedCharge(
         tenant=ctx.tenant,
         connection=invoice.connection_id,
@@ -330,11 +330,6 @@ def _decide(ctx: _Context, invoice: Invoice, selection: Selection | None) -> Pla
         part=part,
     )
     return PlanItem(charge, invoice.number, invoice.balance, outstanding, tuple(uses), why)
-
-
-def money(amount: Decimal, currency: str) -> str:
-    """``amount`` shown in the currency's minor unit (PostgreSQL returns four places)."""
-    return f"{amount.quantize(Decimal(1).scaleb(-currency_exponent(currency)))} {currency}"
 
 
 def _due_instalment(schedule: list[tuple[int, date, Decimal]], today: date) -> tuple[int, Decimal] | None:

@@ -31,3 +31,42 @@ def to_decimal(value: object, where: str, field: str) -> Decimal:
     if not result.is_finite():
         raise MappingError(f"{where}: {field} is not a finite number ({value!r})")
     return result
+
+
+ISO_ZERO_DECIMAL = frozenset(
+    {
+        "BIF",
+        "CLP",
+        "DJF",
+        "GNF",
+        "ISK",
+        "JPY",
+        "KMF",
+        "KRW",
+        "PYG",
+        "RWF",
+        "UGX",
+        "UYI",
+        "VND",
+        "VUV",
+        "XAF",
+        "XOF",
+        "XPF",
+    }
+)
+ISO_THREE_DECIMAL = frozenset({"BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"})
+
+
+def minor_unit(currency: str) -> int:
+    """Digits after the decimal point of ``currency`` in ISO 4217 (2 unless listed)."""
+    code = currency.upper()
+    if code in ISO_ZERO_DECIMAL:
+        return 0
+    if code in ISO_THREE_DECIMAL:
+        return 3
+    return 2
+
+
+def show_money(amount: Decimal, currency: str) -> str:
+    """``amount`` and its currency, to the currency's minor unit (PostgreSQL returns four places)."""
+    return f"{amount.quantize(Decimal(1).scaleb(-minor_unit(currency)))} {currency}"

@@ -81,6 +81,8 @@ class GiveUp:
 
 Outcome = Done | RetryAt | GiveUp
 Handler = Callable[[Claimed], Outcome]
+BatchHandler = Callable[[list[Claimed]], Mapping[str, Outcome]]
+"""Handles claimed entries together (one bulk call to a vendor); returns an outcome per key it settled."""
 
 
 def record(session: Session, intent: Intent, now: datetime) -> bool:
@@ -203,17 +205,59 @@ def run_due(
         try:
             outcome = handler(entry)
         except Exception as exc:
-            with sessions.begin() as session:
-                session.execute(
-                    sa.update(JournalEntry)
-                    .where(col(JournalEntry.key) == entry.key, col(JournalEntry.lease_owner) == owner)
-                    .values(error=f"outcome unknown: {type(exc).__name__}: {exc}", updated_at=clock())
-                )
+            _note_unknown(sessions, [entry.key], owner, f"outcome unknown: {type(exc).__name__}: {exc}", clock())
             continue
         with sessions.begin() as session:
             if settle(session, entry.key, owner, outcome, clock()):
                 settled.append((entry.key, outcome))
     return settled
+
+
+def run_due_batch(
+    sessions: sessionmaker[Session],
+    kind: str,
+    owner: str,
+    handler: BatchHandler,
+    clock: Callable[[], datetime],
+    *,
+    limit: int = 300,
+    lease: timedelta = LEASE,
+    tenant: str | None = None,
+) -> list[tuple[str, Outcome]]:
+    """Claim due entries of ``kind`` and settle them with one call of ``handler`` (bulk postings).
+
+    As with :func:`run_due`, a handler that raises leaves every claimed entry in
+    flight with its outcome unknown; an entry the handler returns no outcome for
+    stays in flight too, and is looked up when its lease expires.
+    """
+    claimed = claim(sessions, kind, owner, clock(), limit=limit, lease=lease, tenant=tenant)
+    if not claimed:
+        return []
+    keys = [entry.key for entry in claimed]
+    try:
+        outcomes = handler(claimed)
+    except Exception as exc:
+        _note_unknown(sessions, keys, owner, f"outcome unknown: {type(exc).__name__}: {exc}", clock())
+        return []
+    settled = []
+    with sessions.begin() as session:
+        for key in keys:
+            outcome = outcomes.get(key)
+            if outcome is not None and settle(session, key, owner, outcome, clock()):
+                settled.append((key, outcome))
+    missing = [key for key in keys if key not in outcomes]
+    if missing:
+        _note_unknown(sessions, missing, owner, "outcome unknown: the handler returned none", clock())
+    return settled
+
+
+def _note_unknown(sessions: sessionmaker[Session], keys: list[str], owner: str, error: str, now: datetime) -> None:
+    with sessions.begin() as session:
+        session.execute(
+            sa.update(JournalEntry)
+            .where(col(JournalEntry.key).in_(keys), col(JournalEntry.lease_owner) == owner)
+            .values(error=error, updated_at=now)
+        )
 
 
 def entries(session: Session, keys: Iterable[str] | None = None) -> list[JournalEntry]:

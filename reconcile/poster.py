@@ -1,0 +1,128 @@
+"""Carrying out journaled postings in bulk, exactly once, per ledger.
+
+The journal hands out due ``posting`` (and ``apply_credit``) entries; they are
+grouped by connection and sent through that ledger's writer in its bulk form
+(QuickBooks ``/batch`` of 30, Xero arrays of 50). Before anything whose
+outcome is unknown is sent again, the writer looks it up in the ledger by the
+reference that carries its key.
+
+A failed item never loops: one that may pass by itself is retried later; one a
+person must fix (closed period, deleted invoice, validation) is parked with
+its reason, which ``arsync status`` and the reconciliation report show.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
+
+from collect.standing import CREDIT_KIND
+from connectors.base import Clock, ConnectorError, LedgerWriter, Posting, PostingKind, PostingResult
+from sync.journal import Claimed, Done, GiveUp, Outcome, RetryAt
+from sync.models import Payment
+
+log = logging.getLogger("arsync.reconcile")
+
+RETRY_AFTER = timedelta(minutes=15)
+PARKED = "parked: "
+
+
+def posting_of(entry: Claimed, source_kind: Callable[[str, str], str | None]) -> Posting:
+    """The writer's posting for a journal entry (a ``posting``, or a credit application from auto-pay)."""
+    p: dict[str, Any] = dict(entry.payload)
+    if entry.kind == CREDIT_KIND:
+        payload: dict[str, Any] = {
+            "invoice_external_id": p["invoice"],
+            "customer_external_id": p.get("customer"),
+            "source": p["source"],
+            "source_id": p["source_id"],
+            "amount": Decimal(p["amount"]),
+            "currency": p["currency"],
+            "date": date.fromisoformat(str(p["date"])) if p.get("date") else None,
+            "reference": entry.key,
+        }
+        if p["source"] == "payment":
+            payload["source_kind"] = source_kind(str(p["connection"]), str(p["source_id"]))
+        return Posting(entry.key, PostingKind.CREDIT_APPLICATION.value, payload)
+    kind = str(p.pop("posting_kind"))
+    p.pop("connection", None)
+    if "date" in p:
+        p["date"] = date.fromisoformat(str(p["date"]))
+    return Posting(entry.key, kind, p)
+
+
+class PostingExecutor:
+    """The journal's batch handler for postings: ``writers`` maps a connection to its ledger writer."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        writers: Mapping[str, LedgerWriter],
+        clock: Clock,
+        today: Callable[[], date],
+    ) -> None:
+        self.sessions = sessions
+        self.writers = writers
+        self.clock = clock
+        self.today = today
+
+    def __call__(self, claimed: list[Claimed]) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        by_connection: dict[str, list[Claimed]] = {}
+        for entry in claimed:
+            by_connection.setdefault(str(entry.payload["connection"]), []).append(entry)
+        for connection, entries in by_connection.items():
+            writer = self.writers.get(connection)
+            if writer is None:
+                for entry in entries:
+                    outcomes[entry.key] = GiveUp(f"{PARKED}connection {connection} has no write-back configured")
+                continue
+            try:
+                outcomes |= self._post(writer, entries)
+            except ConnectorError as exc:
+                # The whole request's outcome is unknown: these entries stay in flight and are looked up next time.
+                log.warning("posting to %s failed: %s", connection, exc)
+        return outcomes
+
+    def _post(self, writer: LedgerWriter, entries: list[Claimed]) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        postings = [self._dated(posting_of(e, self._source_kind)) for e in entries]
+        unknown = [p for p, e in zip(postings, entries, strict=True) if e.outcome_unknown]
+        if unknown:
+            for key, external_id in writer.find_posted(unknown).items():
+                outcomes[key] = Done(external_id, {"found": True})
+        todo = [p for p in postings if p.key not in outcomes]
+        if todo:
+            for result in writer.post(todo):
+                outcomes[result.key] = self._outcome(result)
+        return outcomes
+
+    def _dated(self, posting: Posting) -> Posting:
+        if posting.payload.get("date") is not None:
+            return posting
+        return Posting(posting.key, posting.kind, {**posting.payload, "date": self.today()})
+
+    def _outcome(self, result: PostingResult) -> Outcome:
+        if result.ok:
+            return Done(result.external_id, {"posted": True})
+        reason = result.reason or "refused"
+        if result.retry:
+            return RetryAt(self.clock() + RETRY_AFTER, reason)
+        return GiveUp(f"{PARKED}{reason}")
+
+    def _source_kind(self, connection: str, external_id: str) -> str | None:
+        """Unapplied cash in the ledger: a payment, or (Xero) an overpayment or a prepayment."""
+        with self.sessions() as session:
+            kind = session.execute(
+                sa.select(col(Payment.kind)).where(
+                    col(Payment.connection_id) == connection, col(Payment.external_id) == external_id
+                )
+            ).scalar_one_or_none()
+        return kind

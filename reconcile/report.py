@@ -1,0 +1,154 @@
+"""The reconciliation report: for each payout, its deposit and what it is made of, and every difference.
+
+A payout reconciles when the deposits posted for it add up to it, and every
+payment and fee inside it is in the books. The totals tie out as
+payments - fees - refunds - chargebacks = payouts, and the deposits posted
+should equal the payouts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from connectors import jsonwire
+from connectors.base import PostingKind
+from connectors.values import show_money
+from reconcile.postings import KIND
+from sync.models import BalanceLineRow, JournalEntry, Payout, ProcessorPayment
+
+CHARGE_LINES = ("charge", "payment")
+REFUND_LINES = ("refund", "payment_refund")
+DISPUTE_LINES = ("adjustment", "dispute")
+
+
+@dataclass
+class PayoutRow:
+    payout_id: str
+    arrival: date | None
+    status: str
+    currency: str
+    amount: Decimal
+    payments: Decimal = Decimal(0)
+    fees: Decimal = Decimal(0)
+    refunds: Decimal = Decimal(0)
+    chargebacks: Decimal = Decimal(0)
+    other: Decimal = Decimal(0)
+    deposited: Decimal = Decimal(0)
+    deposits: list[str] = field(default_factory=list)
+    """``connection: ledger id`` of each deposit posted."""
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    tenant: str
+    payouts: list[PayoutRow]
+    parked: list[tuple[str, str]]
+    """Postings a person must look at: (key, reason)."""
+    waiting: int
+    """Postings journaled and not posted yet."""
+
+    def totals(self) -> dict[str, dict[str, Decimal]]:
+        sums: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+        for row in self.payouts:
+            t = sums[row.currency]
+            for name in ("payments", "fees", "refunds", "chargebacks", "other", "amount", "deposited"):
+                t[name] += getattr(row, name)
+        return {c: dict(t) for c, t in sums.items()}
+
+    def problems(self) -> int:
+        return sum(len(row.problems) for row in self.payouts) + len(self.parked)
+
+
+def build_report(session: Session, tenant: str, since: date | None = None) -> Report:
+    postings = {
+        key: (status, external_id, error, subject)
+        for key, status, external_id, error, subject in session.execute(
+            sa.select(
+                col(JournalEntry.key),
+                col(JournalEntry.status),
+                col(JournalEntry.external_id),
+                col(JournalEntry.error),
+                col(JournalEntry.subject),
+            ).where(col(JournalEntry.tenant_id) == tenant, col(JournalEntry.kind) == KIND)
+        )
+    }
+    by_subject: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
+    for key, (status, external_id, _error, subject) in postings.items():
+        if subject:
+            by_subject[subject].append((key, status, external_id))
+    paid_payments = {
+        pi: key
+        for pi, key in session.execute(
+            sa.select(col(ProcessorPayment.processor_id), col(ProcessorPayment.key)).where(
+                col(ProcessorPayment.tenant_id) == tenant, col(ProcessorPayment.processor_id).is_not(None)
+            )
+        )
+    }
+    query = sa.select(Payout).where(col(Payout.tenant_id) == tenant).order_by(col(Payout.arrival_date))
+    if since is not None:
+        query = query.where(col(Payout.arrival_date) >= since)
+    rows = []
+    for payout in session.execute(query).scalars():
+        row = PayoutRow(payout.payout_id, payout.arrival_date, payout.status, payout.currency, payout.amount)
+        for line in session.execute(
+            sa.select(BalanceLineRow).where(col(BalanceLineRow.payout_id) == payout.payout_id)
+        ).scalars():
+            _add_line(row, line, by_subject, paid_payments)
+        for key, status, external_id in by_subject.get(f"{PostingKind.PAYOUT.value}:{payout.payout_id}", []):
+            if status == "done":
+                row.deposited += _amount_of(session, key)
+                row.deposits.append(f"{key.split(':')[2]}: {external_id}")
+        if payout.status == "paid":
+            if payout.lines_loaded_at is None:
+                row.problems.append("payout lines not loaded yet (run arsync payments follow)")
+            elif not row.deposits:
+                row.problems.append("payout with no deposit")
+            elif row.deposited != payout.amount:
+                row.problems.append(
+                    f"deposits {show_money(row.deposited, payout.currency)} != payout"
+                    f" {show_money(payout.amount, payout.currency)}"
+                )
+        rows.append(row)
+    parked = sorted((key, error or "") for key, (status, _, error, _) in postings.items() if status == "failed")
+    waiting = sum(1 for status, *_ in postings.values() if status in ("pending", "in_flight"))
+    return Report(tenant, rows, parked, waiting)
+
+
+def _add_line(
+    row: PayoutRow,
+    line: BalanceLineRow,
+    by_subject: dict[str, list[tuple[str, str, str | None]]],
+    paid_payments: dict[str | None, str],
+) -> None:
+    if line.type in CHARGE_LINES:
+        row.payments += line.amount
+        payment = line.payment_processor_id
+        posted = [s for _, s, _ in by_subject.get(f"{PostingKind.PAYMENT.value}:{payment}", [])]
+        if payment not in paid_payments:
+            row.problems.append(f"payment {payment or line.source_id} is not one arsync knows")
+        elif "done" not in posted:
+            row.problems.append(f"payment not applied: {payment}")
+    elif line.type in REFUND_LINES:
+        row.refunds -= line.amount
+    elif line.type in DISPUTE_LINES:
+        row.chargebacks -= line.amount
+    else:
+        row.other += line.amount
+    row.fees += line.fee
+    if line.fee:
+        posted = [s for _, s, _ in by_subject.get(f"{PostingKind.FEE.value}:{line.id}", [])]
+        if "done" not in posted:
+            row.problems.append(f"fee missing: {line.id} ({show_money(line.fee, line.currency)})")
+
+
+def _amount_of(session: Session, key: str) -> Decimal:
+    payload = session.execute(sa.select(col(JournalEntry.payload)).where(col(JournalEntry.key) == key)).scalar_one()
+    return Decimal(jsonwire.loads(payload)["amount"])

@@ -1,0 +1,251 @@
+"""Write-back on both stores: postings derived once, posted in bulk, looked up when unknown, parked when refused.
+
+The ledger here is an in-memory implementation of our ``LedgerWriter`` port (the
+QuickBooks and Xero writers are tested against their sandboxes). Like a real
+ledger, it applies what it is sent even when the answer is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from arsync.config import TenantConfig, load_config
+from arsync.reconciling import Reconciler
+from collect.autopay import journal_plan, plan_charges
+from collect.policy import AutopayPolicy, AutopayRule
+from connectors.base import Posting, PostingResult, RetriableError
+from sync import journal
+from sync.models import BalanceLineRow, Invoice, Payment, Payout, ProcessorPayment
+from tests import collecting as L
+from tests.support import FakeClock
+from tests.unit.test_config import BASE, write
+from tests.unit.test_config_payments import PENV, WRITEBACK
+
+NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
+
+
+@dataclass
+class MemoryLedger:
+    posted: dict[str, Posting] = field(default_factory=dict)
+    calls: int = 0
+    lose_answer: bool = False
+    refuse: set[str] = field(default_factory=set)
+
+    def post(self, postings: Sequence[Posting]) -> list[PostingResult]:
+        self.calls += 1
+        results = []
+        for p in postings:
+            if p.key in self.refuse:
+                results.append(PostingResult(p.key, False, reason="6140: the books are closed for 2026-11-24"))
+                continue
+            self.posted.setdefault(p.key, p)  # a real ledger would make a second one: never asked twice here
+            results.append(PostingResult(p.key, True, external_id=f"L{list(self.posted).index(p.key) + 1}"))
+        if self.lose_answer:
+            self.lose_answer = False
+            raise RetriableError("read timed out")
+        return results
+
+    def find_posted(self, postings: Sequence[Posting]) -> dict[str, str]:
+        return {p.key: f"L{list(self.posted).index(p.key) + 1}" for p in postings if p.key in self.posted}
+
+    def balance(self, account: str) -> Decimal:
+        total = Decimal(0)
+        for p in self.posted.values():
+            amount = p.payload["amount"]
+            if p.kind == "payment" and p.payload["account"] == account:
+                total += amount
+            if p.kind in ("fee", "payout") and p.payload["from_account"] == account:
+                total -= amount
+            if p.kind == "payout" and p.payload["to_account"] == account:
+                total += amount
+        return total
+
+
+@pytest.fixture
+def tenant(tmp_path: Path) -> TenantConfig:
+    return load_config(write(tmp_path / "cfg", BASE + WRITEBACK), environ=PENV).tenant("acme")
+
+
+@pytest.fixture
+def sessions(db_url: str) -> sessionmaker[Session]:
+    s = L.ledger(db_url)
+    with s.begin() as session:
+        L.customer(session, "c1")
+        L.invoice(session, "i1", "c1", "100.00")
+        L.invoice(session, "i2", "c1", "50.00")
+        for n, (invoice, amount) in enumerate((("i1", "100.00"), ("i2", "50.00")), start=1):
+            session.add(
+                ProcessorPayment(
+                    key=f"charge:acme:acme-qbo:{invoice}:auto-2026-11-22:1",
+                    processor_id=f"pi_{n}",
+                    tenant_id=L.TENANT,
+                    connection_id=L.CONN,
+                    invoice_external_id=invoice,
+                    customer_external_id="c1",
+                    amount=Decimal(amount),
+                    surcharge=Decimal(0),
+                    currency="USD",
+                    state="succeeded",
+                    created_at=NOW - timedelta(days=3),
+                    updated_at=NOW,
+                )
+            )
+        session.add(
+            Payout(
+                payout_id="po_1",
+                tenant_id=L.TENANT,
+                amount=Decimal("145.05"),
+                currency="USD",
+                status="paid",
+                arrival_date=date(2026, 11, 25),
+                lines_loaded_at=NOW,
+                updated_at=NOW,
+            )
+        )
+        for txn, pi, gross, fee in (("txn_1", "pi_1", "100.00", "3.20"), ("txn_2", "pi_2", "50.00", "1.75")):
+            session.add(
+                BalanceLineRow(
+                    id=txn,
+                    tenant_id=L.TENANT,
+                    payout_id="po_1",
+                    type="charge",
+                    source_id=f"ch_{pi}",
+                    payment_processor_id=pi,
+                    amount=Decimal(gross),
+                    fee=Decimal(fee),
+                    net=Decimal(gross) - Decimal(fee),
+                    currency="USD",
+                    created=NOW - timedelta(days=3),
+                )
+            )
+    return s
+
+
+def reconciler(
+    sessions: sessionmaker[Session], tenant: TenantConfig, ledger: MemoryLedger, clock: FakeClock
+) -> Reconciler:
+    return Reconciler(sessions, tenant, {L.CONN: ledger}, clock, "w")  # type: ignore[dict-item]
+
+
+def test_payments_fees_and_the_deposit_are_posted_once_and_clearing_nets_to_zero(
+    sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
+) -> None:
+    ledger = MemoryLedger()
+    before = reconciler(sessions, tenant, ledger, clock).report()
+    assert before.payouts[0].problems == [
+        "payment not applied: pi_1",
+        "fee missing: txn_1 (3.20 USD)",
+        "payment not applied: pi_2",
+        "fee missing: txn_2 (1.75 USD)",
+        "payout with no deposit",
+    ]
+    run = reconciler(sessions, tenant, ledger, clock).run()
+    assert (run.derived.payments, run.derived.fees, run.derived.payouts) == (2, 2, 1)
+    assert run.counts() == {"posted": 5} and ledger.calls == 1
+    kinds = sorted((p.kind, p.payload["amount"]) for p in ledger.posted.values())
+    assert kinds == [
+        ("fee", Decimal("1.75")),
+        ("fee", Decimal("3.20")),
+        ("payment", Decimal("50.00")),
+        ("payment", Decimal("100.00")),
+        ("payout", Decimal("145.05")),
+    ]
+    deposit = next(p for p in ledger.posted.values() if p.kind == "payout")
+    assert (deposit.payload["reference"], deposit.payload["to_account"], deposit.payload["date"]) == (
+        "po_1",
+        "36",
+        date(2026, 11, 25),
+    )
+    payment = next(p for p in ledger.posted.values() if p.payload.get("invoice_external_id") == "i1")
+    assert (payment.payload["customer_external_id"], payment.payload["account"]) == ("c1", "35")
+    assert ledger.balance("35") == 0 and ledger.balance("36") == Decimal("145.05")
+    after = reconciler(sessions, tenant, ledger, clock).report()
+    assert after.problems() == 0 and after.payouts[0].deposited == Decimal("145.05")
+    totals = after.totals()["USD"]
+    assert totals["payments"] - totals["fees"] - totals["refunds"] - totals["chargebacks"] == totals["deposited"]
+    again = reconciler(sessions, tenant, ledger, clock).run()
+    assert (again.derived.total(), again.outcomes, ledger.calls) == (0, [], 1)
+
+
+def test_a_lost_answer_is_looked_up_before_anything_is_sent_again(
+    sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
+) -> None:
+    ledger = MemoryLedger(lose_answer=True)
+    first = reconciler(sessions, tenant, ledger, clock).run()
+    assert first.outcomes == [] and len(ledger.posted) == 5
+    with sessions() as s:
+        assert {e.status for e in journal.entries(s)} == {"in_flight"}
+    clock.advance(minutes=10)  # the lease runs out
+    second = reconciler(sessions, tenant, ledger, clock).run()
+    assert second.counts() == {"posted": 5}
+    assert ledger.calls == 1  # found, not posted again
+    with sessions() as s:
+        assert {(e.status, e.result) for e in journal.entries(s)} == {("done", '{"found": true}')}
+
+
+def test_a_refused_posting_is_parked_with_its_reason_and_never_retried(
+    sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
+) -> None:
+    ledger = MemoryLedger(refuse={"post:acme:acme-qbo:payout:po_1"})
+    run = reconciler(sessions, tenant, ledger, clock).run()
+    assert run.counts() == {"posted": 4, "parked": 1}
+    clock.advance(days=1)
+    assert reconciler(sessions, tenant, ledger, clock).run().outcomes == []
+    report = reconciler(sessions, tenant, ledger, clock).report()
+    assert report.parked == [("post:acme:acme-qbo:payout:po_1", "parked: 6140: the books are closed for 2026-11-24")]
+    assert report.payouts[0].problems == ["payout with no deposit"]
+
+
+def test_posted_payments_read_back_are_recognised_and_stop_counting_as_on_their_way(
+    sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
+) -> None:
+    ledger = MemoryLedger()
+    reconciler(sessions, tenant, ledger, clock).run()
+    with sessions.begin() as s:  # the next sync reads the payment back, and the invoice's new balance
+        s.add(
+            Payment(
+                connection_id=L.CONN,
+                external_id="L1",
+                customer_external_id="c1",
+                currency="USD",
+                amount=Decimal("100.00"),
+                unapplied=Decimal(0),
+                status="applied",
+                synced_at=NOW,
+            )
+        )
+        s.query(Invoice).filter_by(external_id="i1").one().balance = Decimal(0)
+    assert reconciler(sessions, tenant, ledger, clock).run().echoes == 1
+    with sessions() as s:
+        applied = {p.processor_id: p.applied_in_ledger_at for p in s.query(ProcessorPayment)}
+        assert applied == {"pi_1": NOW, "pi_2": None}
+        policy = AutopayPolicy(rules=(AutopayRule(name="r", days_after_issue=0),))
+        plan = plan_charges(s, L.TENANT, [L.CONN], policy, date(2026, 11, 26))
+    assert plan.items == []  # i1 is paid in the ledger; i2's payment is still on its way
+
+
+def test_credit_applications_from_auto_pay_are_posted(
+    sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
+) -> None:
+    with sessions.begin() as s:
+        L.invoice(s, "i3", "c1", "80.00")
+        L.credit_note(s, "cn1", "c1", "30.00")
+        plan = plan_charges(
+            s, L.TENANT, [L.CONN], AutopayPolicy(rules=(AutopayRule(name="r", days_after_issue=0),)), date(2026, 11, 26)
+        )
+        journal_plan(s, plan, clock())
+    ledger = MemoryLedger()
+    run = reconciler(sessions, tenant, ledger, clock).run()
+    applied = [p for p in ledger.posted.values() if p.kind == "credit_application"]
+    assert [(p.payload["invoice_external_id"], p.payload["source_id"], p.payload["amount"]) for p in applied] == [
+        ("i3", "cn1", Decimal("30.00"))
+    ]
+    assert applied[0].payload["date"] == clock().astimezone(tenant.tzinfo).date()
+    assert run.counts()["posted"] == 6
