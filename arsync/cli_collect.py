@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from arsync.bootstrap import App
@@ -162,7 +163,9 @@ def _plan_rows(plan: ChargePlan) -> list[dict[str, Any]]:
     ]
 
 
-def _print_plan(plan: ChargePlan, output: str) -> None:
+def print_plan(plan: ChargePlan, output: str, out: Console | None = None) -> None:
+    """The plan as a table (fits 120 columns; credits, method ids and all details are in ``--format json``)."""
+    out = out or console
     if output == "json":
         document = {
             "tenant": plan.tenant,
@@ -176,37 +179,41 @@ def _print_plan(plan: ChargePlan, output: str) -> None:
                 for currency, (p, s, c) in plan.totals().items()
             },
         }
-        console.print_json(json.dumps(document))
+        out.print_json(json.dumps(document))
         return
-    table = Table(title=f"{plan.tenant}: charges for {plan.today.isoformat()} ({plan.mode})")
-    for name in ("invoice", "customer", "balance", "on its way", "credits", "charge", "surcharge", "method", "why"):
-        table.add_column(name, justify="right" if name in ("balance", "on its way", "charge", "surcharge") else "left")
+    table = Table(title=f"{plan.tenant}: charges for {plan.today.isoformat()} ({plan.mode})", title_justify="left")
+    for name in ("invoice", "customer", "cur", "balance", "less", "charge", "surcharge", "method", "why"):
+        numeric = name in ("balance", "less", "charge", "surcharge")
+        table.add_column(name, justify="right" if numeric else "left", no_wrap=name != "why", overflow="ellipsis")
     for item in plan.items:
         c = item.charge
-        applied = ", ".join(f"{u.source} {u.source_id} {u.amount}" for u in item.credits) or "-"
+        less = item.outstanding + sum((u.amount for u in item.credits), Decimal(0))
+
+        def amount(value: Decimal, currency: str = c.currency) -> str:
+            return show_money(value, currency).removesuffix(f" {currency}")
+
         table.add_row(
             f"{c.connection}:{item.number or c.invoice}",
             c.customer,
-            show_money(item.balance, c.currency),
-            show_money(item.outstanding, c.currency),
-            applied,
-            show_money(c.amount, c.currency),
-            show_money(c.surcharge, c.currency) if c.surcharge else "-",
-            f"{c.method_type} {c.payment_method_id}",
-            item.why,
+            c.currency,
+            amount(item.balance),
+            amount(less) if less else "-",
+            amount(c.amount),
+            amount(c.surcharge) if c.surcharge else "-",
+            c.method_type or "-",
+            item.why.removeprefix("rule "),
         )
-    console.print(table)
+    out.print(table)
+    out.print("less: money already on its way, and credits applied first", highlight=False)
     for currency, (principal, surcharge, credits) in sorted(plan.totals().items()):
-        console.print(
+        out.print(
             f"{currency}: charge {show_money(principal, currency)}, surcharges {show_money(surcharge, currency)},"
             f" credits applied {show_money(credits, currency)}",
             highlight=False,
         )
-    console.print(
-        f"{len(plan.items)} to charge of {plan.examined} open invoices of enrolled customers", highlight=False
-    )
+    out.print(f"{len(plan.items)} to charge of {plan.examined} open invoices of enrolled customers", highlight=False)
     for reason, count in plan.skipped.most_common():
-        console.print(f"  not charged ({count}): {reason}", highlight=False, markup=False)
+        out.print(f"  not charged ({count}): {reason}", highlight=False, markup=False)
 
 
 def _print_outcomes(result: RunResult | list[tuple[str, journal.Outcome]]) -> int:
@@ -237,7 +244,7 @@ def charge_plan(
     if output not in ("table", "json"):
         raise fail(f"--format {output!r}: use table or json")
     with _collector(config, tenant) as collector:
-        _print_plan(collector.plan(_day(day, "--date")), output)
+        print_plan(collector.plan(_day(day, "--date")), output)
 
 
 @charge_app.command("run")
@@ -249,7 +256,7 @@ def charge_run(
     """Charge what the plan says, then carry out every charge that is due (retries included)."""
     with _collector(config, tenant) as collector:
         result = collector.run(_day(day, "--date"))
-        _print_plan(result.plan, "table")
+        print_plan(result.plan, "table")
         failed = _print_outcomes(result)
         console.print(f"{result.recorded} charge(s) journaled; outcomes: {result.counts() or 'none'}", highlight=False)
         raise typer.Exit(1 if failed else 0)
@@ -283,10 +290,10 @@ def charge_batch(
             reference=reference,
         )
         if dry_run:
-            _print_plan(collector.plan(selection=selection), "table")
+            print_plan(collector.plan(selection=selection), "table")
             return
         result = collector.run(selection=selection)
-        _print_plan(result.plan, "table")
+        print_plan(result.plan, "table")
         raise typer.Exit(1 if _print_outcomes(result) else 0)
 
 

@@ -12,6 +12,7 @@ import requests
 
 from arsync.bootstrap import App
 from connectors.quickbooks.sandbox import QuickBooksSandbox
+from connectors.stripe.sandbox import StripeSandbox
 from connectors.xero.client import XeroAuth, choose_organisation
 from connectors.xero.sandbox import XeroSandbox
 
@@ -65,6 +66,51 @@ def xero_connection(sandbox: XeroSandbox, *, tenant: str, tenant_name: str, name
     )
 
 
+@dataclass(frozen=True)
+class SandboxPayments:
+    """A tenant's ``[tenants.T.payments]`` section; its API key goes in the credentials file."""
+
+    api_key: str
+    settings: Mapping[str, object]
+    """The section's plain keys (``base_url``, ``success_url``, ...)."""
+    rules: Sequence[Mapping[str, object]] = ()
+    """``[[tenants.T.payments.rules]]``, in order."""
+    surcharge: Mapping[str, object] | None = None
+    """``[tenants.T.payments.surcharge]`` (None: no surcharge)."""
+
+    def toml(self, tenant: str) -> str:
+        prefix = f"tenants.{tenant}.payments"
+        parts = [f"[{prefix}]\n{_toml_body(self.settings)}"]
+        parts += [f"[[{prefix}.rules]]\n{_toml_body(rule)}" for rule in self.rules]
+        if self.surcharge is not None:
+            parts.append(f"[{prefix}.surcharge]\n{_toml_body(self.surcharge)}")
+        return "\n".join(parts)
+
+
+def stripe_payments(sandbox: StripeSandbox, *, site: str) -> SandboxPayments:
+    """Auto-pay through the local Stripe: cards charged on the due date, agreement invoices from their date,
+    and a card surcharge of 2.9% + 0.30 capped at 3% (never on bank debits or debit cards).
+
+    ``site`` is the tenant's web address (Checkout's success and cancel pages); the sandbox must be launched."""
+    return SandboxPayments(
+        sandbox.api_key,
+        {
+            "base_url": sandbox.base_url,
+            "success_url": f"{site}/autopay/thanks",
+            "cancel_url": f"{site}/autopay",
+        },
+        (
+            {"name": "due-date", "on_due_date": True},
+            {"name": "agreements", "days_after_issue": 0, "agreement_only": True},
+        ),
+        {"percent": "2.9", "fixed": "0.30", "max_percent": "3", "exempt": ["us_bank_account", "debit"]},
+    )
+
+
+def _toml_body(settings: Mapping[str, object]) -> str:
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
+
+
 def write_sandbox_config(
     folder: Path,
     connections: Sequence[SandboxConnection],
@@ -72,8 +118,13 @@ def write_sandbox_config(
     database_url: str,
     log_format: str = "json",
     extra: Mapping[str, object] | None = None,
+    payments: Mapping[str, SandboxPayments] | None = None,
 ) -> Path:
-    """A config and its credentials file; ``extra`` settings apply to every connection."""
+    """A config and its credentials file; ``extra`` settings apply to every connection, ``payments`` (by
+    tenant) makes those tenants take payments."""
+    unknown = sorted(set(payments or {}) - {c.tenant for c in connections})
+    if unknown:
+        raise ValueError(f"payments for tenants with no connection: {', '.join(unknown)}")
     credentials = folder / "credentials.toml"
     credentials.write_text(
         "".join(
@@ -81,6 +132,7 @@ def write_sandbox_config(
             f"client_id = {json.dumps(c.client_id)}\nclient_secret = {json.dumps(c.client_secret)}\n"
             for c in connections
         )
+        + "".join(f"[payments.{tenant}]\napi_key = {json.dumps(p.api_key)}\n" for tenant, p in (payments or {}).items())
     )
     credentials.chmod(0o600)
     lines = [
@@ -97,8 +149,9 @@ def write_sandbox_config(
         )
         for conn in (c for c in connections if c.tenant == tenant):
             settings = {**conn.settings, **(extra or {})}
-            body = "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items())
-            lines.append(f"[tenants.{tenant}.connections.{conn.name}]\n{body}")
+            lines.append(f"[tenants.{tenant}.connections.{conn.name}]\n{_toml_body(settings)}")
+        if payments and tenant in payments:
+            lines.append(payments[tenant].toml(tenant))
     config = folder / "arsync.toml"
     config.write_text("\n".join(lines))
     return config

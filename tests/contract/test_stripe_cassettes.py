@@ -1,7 +1,7 @@
 """The Stripe processor's links, enrolments, events and payout lines replayed from cassettes.
 
 localstripe has no ``charge.*``/refund/dispute/payout events and no fees, and its
-Checkout is our test server's emulation (see ``tests/stripe_server.py``), so these calls
+Checkout is our test server's emulation (see ``connectors/stripe/sandbox.py``), so these calls
 are checked against Stripe's own shapes here:
 each test writes a vcrpy cassette to ``tmp_path`` whose response bodies are Stripe's own
 example objects from ``fixtures3.json`` (lists around them, paginated with ``has_more``)

@@ -12,9 +12,9 @@ from sqlalchemy.orm import sessionmaker
 
 from collect.charging import KIND, ChargeExecutor
 from connectors.stripe import StripeProcessor
+from connectors.stripe.sandbox import API_KEY
 from sync import journal
 from sync.db import make_engine
-from tests.stripe_server import API_KEY
 
 
 def main(db_url: str, stripe_url: str) -> None:

@@ -30,11 +30,12 @@ from sqlalchemy.orm import sessionmaker
 from collect.charging import PlannedCharge
 from connectors.base import Entity, InvoiceRecord, InvoiceStatus
 from connectors.stripe import StripeProcessor
+from connectors.stripe.sandbox import API_KEY, start_localstripe
+from connectors.stripe.sandbox import StripeSandbox as LocalStripe
 from sync import journal
 from sync.db import make_engine, upgrade
 from sync.models import Connection, JournalEntry, Tenant
 from sync.store import apply_page
-from tests.stripe_server import API_KEY, LocalStripe, start_localstripe
 
 pytestmark = pytest.mark.slow
 INVOICES = ("101", "102", "103", "104")

@@ -1,7 +1,7 @@
 """The Stripe processor over HTTP: flows against localstripe, errors against canned Stripe answers.
 
 * **localstripe** (a stateful Stripe emulator, started once for this module on a free
-  port by :mod:`tests.stripe_server`): enrolment, charges, declines, 3-D Secure, a
+  port by :mod:`connectors.stripe.sandbox`): enrolment, charges, declines, 3-D Secure, a
   PaymentIntent left ``processing`` then failed (with its signed webhook), refunds,
   zero-decimal currencies, pagination. What it does with a repeated
   ``Idempotency-Key`` is recorded here, not assumed.
@@ -47,7 +47,8 @@ from connectors.base import (
     SavedMethod,
 )
 from connectors.stripe import StripeProcessor
-from tests.stripe_server import ADDED_PARAMETERS, API_KEY, LocalStripe, start_localstripe
+from connectors.stripe.sandbox import ADDED_PARAMETERS, API_KEY, start_localstripe
+from connectors.stripe.sandbox import StripeSandbox as LocalStripe
 from tests.stripe_spec import load_spec, operation, parameter_problems
 
 VISA = "4242424242424242"
@@ -521,7 +522,7 @@ def test_localstripe_cannot_list_a_payouts_transactions(processor: StripeProcess
 
 
 def test_a_link_for_an_unknown_customer_is_refused(processor: StripeProcessor) -> None:
-    """localstripe itself has no Checkout; the test server adds it (tests/stripe_server.py), answering
+    """localstripe itself has no Checkout; the test server adds it (connectors/stripe/sandbox.py), answering
     an unknown customer with 404 where Stripe answers 400: a fatal error either way."""
     request = LinkRequest(unique("link"), "cus_none", "https://x.test/ok", "https://x.test/no")
     with pytest.raises(FatalError, match="404"):
@@ -827,7 +828,7 @@ def test_nothing_listening_is_retriable() -> None:
 
 
 def test_what_the_harness_adds_to_localstripe_is_stripe_api() -> None:
-    """Every parameter tests/stripe_server.py teaches localstripe is in Stripe's OpenAPI spec."""
+    """Every parameter connectors/stripe/sandbox.py teaches localstripe is in Stripe's OpenAPI spec."""
     spec = load_spec()
     for (method, path), names in ADDED_PARAMETERS.items():
         assert parameter_problems(spec, method, path, [(name, None) for name in names]) == []

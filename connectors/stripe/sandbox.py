@@ -1,10 +1,11 @@
-"""localstripe for the tests: a subprocess on a free port, used once its HTTP port answers.
+"""A local Stripe: localstripe, patched, in a child process on a free local port.
 
-localstripe is a third-party, stateful Stripe emulator. The tests run its own
-aiohttp application with documented Stripe parameters and a minimal Checkout it
-lacks added (:data:`ADDED_PARAMETERS`, each name checked against Stripe's OpenAPI
-spec by the tests) and without its persistence to ``/tmp/localstripe.pickle`` (one
-file shared by every localstripe on the machine, rewritten on each request):
+localstripe is a third-party, stateful Stripe emulator (a dev dependency). The
+sandbox runs its own aiohttp application with documented Stripe parameters and a
+minimal Checkout it lacks added (:data:`ADDED_PARAMETERS`, each name checked
+against Stripe's OpenAPI spec by the tests) and without its persistence to
+``/tmp/localstripe.pickle`` (one file shared by every localstripe on the machine,
+rewritten on each request):
 
 * ``GET /v1/payment_intents?customer=``: localstripe refuses the filter; Stripe
   lists a customer's PaymentIntents with it, newest first.
@@ -67,22 +68,42 @@ The listening socket is bound here (``127.0.0.1``, port 0) and handed to the
 child, so the port cannot be taken between choosing and binding it; readiness is
 the first HTTP answer from ``GET /v1/balance``.
 
-Run as a script (``python tests/stripe_server.py --fd N``), this file is the child.
+:class:`StripeSandbox` (``start``/``stop``, as the QuickBooks and Xero sandboxes)
+is what the demo and the tests use. This module imports neither localstripe nor
+aiohttp: only the child does, started as ``python -m connectors.stripe.sandbox --fd N``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import requests
+
+if TYPE_CHECKING:
+    from aiohttp import web
+    from aiohttp.typedefs import Handler
+
+__all__ = [
+    "ADDED_PARAMETERS",
+    "API_KEY",
+    "CHECKOUT_LIFETIME_SECONDS",
+    "CHECKOUT_METHOD_TYPES",
+    "CHECKOUT_MODES",
+    "CHECKOUT_SESSION",
+    "CHECKOUT_SESSIONS",
+    "TEST_ROUTES",
+    "StripeSandbox",
+    "start_localstripe",
+]
 
 API_KEY = "sk_test_arsync_localstripe"
 """localstripe accepts any key that starts with ``sk_``."""
@@ -132,75 +153,162 @@ TEST_ROUTES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 """Not Stripe's API (never under ``/v1``): the customer's side of a hosted Checkout page, with its form fields."""
 
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""The folder holding the ``connectors`` package, put on the child's ``PYTHONPATH``."""
 
-@dataclass
-class LocalStripe:
-    base_url: str
-    process: subprocess.Popen[bytes]
-    log: Path
+
+class StripeSandbox:
+    """localstripe, patched as this module describes, in a child process on a free local port.
+
+    ``start`` returns once it answers HTTP; ``launch`` and ``ready`` are its two halves, for
+    a caller with other work to do while the child starts. The child's output goes to ``log``.
+    """
+
+    def __init__(self, log: Path, *, ready_within: float = 30.0) -> None:
+        self.log = log
+        self.ready_within = ready_within
+        self.process: subprocess.Popen[bytes] | None = None
+        self.base_url = ""
+        """``http://127.0.0.1:PORT``; empty until launched."""
+        self.api_key = API_KEY
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> str:
+        """Launch the child (unless launched) and return its base URL once it answers (or raise with its log)."""
+        self.launch()
+        return self.ready()
+
+    def launch(self) -> None:
+        """Start the child on a socket bound here; return at once."""
+        if self.process is not None:
+            return
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(128)
+            port: int = listener.getsockname()[1]
+            path = os.environ.get("PYTHONPATH")
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_PACKAGE_ROOT), *([path] if path else [])])}
+            with self.log.open("wb") as out:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "connectors.stripe.sandbox", "--fd", str(listener.fileno())],
+                    pass_fds=(listener.fileno(),),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                )
+        finally:
+            listener.close()
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def ready(self) -> str:
+        """Wait until the launched child answers HTTP; return its base URL. Stops it and raises if it does not."""
+        try:
+            self._wait_until_answering()
+        except BaseException:
+            self.stop()
+            raise
+        return self.base_url
+
+    def stop(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def __enter__(self) -> StripeSandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- HTTP -----------------------------------------------------------------------
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-def start_localstripe(log: Path, *, ready_within: float = 30.0) -> LocalStripe:
-    """Start localstripe on a free port; return once it answers HTTP (or raise with its log)."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    port = listener.getsockname()[1]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--fd", str(listener.fileno())],
-            pass_fds=(listener.fileno(),),
-            stdout=out,
-            stderr=subprocess.STDOUT,
+    def card(self, number: str) -> str:
+        """A new card PaymentMethod (what the customer types into a hosted page); its id."""
+        answer = requests.post(
+            self.url("/v1/payment_methods"),
+            headers=self._auth(),
+            data={
+                "type": "card",
+                "card[number]": number,
+                "card[exp_month]": "12",
+                "card[exp_year]": "2034",
+                "card[cvc]": "123",
+            },
+            timeout=10,
         )
-    listener.close()
-    server = LocalStripe(f"http://127.0.0.1:{port}", process, log)
-    try:
-        _wait_until_answering(server, ready_within)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+        answer.raise_for_status()
+        return str(answer.json()["id"])
+
+    def complete_checkout(self, url: str, payment_method: str) -> requests.Response:
+        """The customer completes the hosted Checkout page at ``url`` with ``payment_method`` (no API key: a
+        customer has none). 200, or 402 when the card is declined (the session stays open)."""
+        return requests.post(f"{url}/complete", data={"payment_method": payment_method}, timeout=10)
+
+    def payment_intents(self) -> list[dict[str, Any]]:
+        """Every PaymentIntent, newest first."""
+        found: list[dict[str, Any]] = []
+        params = {"limit": "100"}
+        while True:
+            answer = requests.get(self.url("/v1/payment_intents"), headers=self._auth(), params=params, timeout=10)
+            answer.raise_for_status()
+            listing = answer.json()
+            found.extend(listing["data"])
+            if not listing["has_more"] or not listing["data"]:
+                return found
+            params["starting_after"] = str(listing["data"][-1]["id"])
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    def _wait_until_answering(self) -> None:
+        process = self.process
+        if process is None:
+            raise RuntimeError("localstripe was not launched")
+        deadline = time.monotonic() + self.ready_within
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"localstripe exited with {process.returncode}:\n{self.log.read_text(errors='replace')}"
+                )
+            try:
+                # The socket already listens, so this waits in the backlog until the app serves it.
+                answer = requests.get(self.url("/v1/balance"), headers=self._auth(), timeout=1.0)
+            except requests.RequestException as exc:
+                last_error = exc
+                continue
+            if answer.status_code == 200:
+                return
+            raise RuntimeError(f"localstripe answered {answer.status_code}: {answer.text[:500]}")
+        raise RuntimeError(
+            f"localstripe did not answer within {self.ready_within}s ({last_error}):\n"
+            f"{self.log.read_text(errors='replace')}"
+        )
 
 
-def _wait_until_answering(server: LocalStripe, ready_within: float) -> None:
-    deadline = time.monotonic() + ready_within
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"localstripe exited with {server.process.returncode}:\n{server.log.read_text(errors='replace')}"
-            )
-        try:
-            # The socket already listens, so this waits in the backlog until the app serves it.
-            answer = requests.get(
-                server.url("/v1/balance"), headers={"Authorization": f"Bearer {API_KEY}"}, timeout=1.0
-            )
-        except requests.RequestException as exc:
-            last_error = exc
-            continue
-        if answer.status_code == 200:
-            return
-        raise RuntimeError(f"localstripe answered {answer.status_code}: {answer.text[:500]}")
-    raise RuntimeError(
-        f"localstripe did not answer within {ready_within}s ({last_error}):\n{server.log.read_text(errors='replace')}"
-    )
+def start_localstripe(log: Path, *, ready_within: float = 30.0) -> StripeSandbox:
+    """Start localstripe on a free port; return once it answers HTTP (or raise with its log)."""
+    sandbox = StripeSandbox(log, ready_within=ready_within)
+    sandbox.start()
+    return sandbox
 
 
 # --- the child process ----------------------------------------------------------------
+# localstripe is untyped: its objects are ``Any`` here. Its classes are subclassed with
+# ``type()``, as mypy refuses a class statement deriving from ``Any`` under --strict.
 
 
 def _patch_localstripe() -> None:
@@ -217,20 +325,20 @@ def _patch_localstripe() -> None:
         store,
     )
 
-    def in_memory_only(self: Any) -> None:
+    def in_memory_only(self: object) -> None:
         return None
 
     Store.dump_to_disk = in_memory_only
     Store.try_load_from_disk = in_memory_only
 
     def list_payment_intents(
-        cls: Any,
+        cls: type,
         /,
         url: str,
         customer: str | None = None,
-        limit: Any = None,
-        starting_after: Any = None,
-        **unknown: Any,
+        limit: str | None = None,
+        starting_after: str | None = None,
+        **unknown: object,
     ) -> Any:
         if unknown:
             raise UserError(400, "Unexpected " + ", ".join(unknown))
@@ -242,14 +350,14 @@ def _patch_localstripe() -> None:
         return listing
 
     def list_payment_methods(
-        cls: Any,
+        cls: type,
         /,
         url: str,
         customer: str | None = None,
         type: str | None = None,
-        limit: Any = None,
-        starting_after: Any = None,
-        **unknown: Any,
+        limit: str | None = None,
+        starting_after: str | None = None,
+        **unknown: object,
     ) -> Any:
         if unknown:
             raise UserError(400, "Unexpected " + ", ".join(unknown))
@@ -263,33 +371,37 @@ def _patch_localstripe() -> None:
     create_payment_intent = PaymentIntent.__init__
 
     def payment_intent_init(
-        self: Any, *args: Any, description: str | None = None, automatic_payment_methods: Any = None, **kwargs: Any
+        self: Any,
+        *args: object,
+        description: str | None = None,
+        automatic_payment_methods: object = None,
+        **kwargs: object,
     ) -> None:
         create_payment_intent(self, *args, **kwargs)
         self.description = description
 
     list_events_oldest_first = Event._api_list_all
 
-    class Page(List):  # type: ignore[misc]
-        """One page cut by the caller, with Stripe's ``has_more``."""
+    def has_more(self: Any) -> bool:
+        return bool(self._more)
 
-        def __init__(self, url: str, items: list[Any], more: bool) -> None:
-            super().__init__(url, limit=max(1, len(items)))
-            self._list = items
-            self._more = more
+    # One page cut by the caller, with Stripe's ``has_more``.
+    Page: Any = type("Page", (List,), {"has_more": property(has_more)})
 
-        @property
-        def has_more(self) -> bool:
-            return self._more
+    def page(url: str, items: list[Any], more: bool) -> Any:
+        listing = Page(url, limit=max(1, len(items)))
+        listing._list = items
+        listing._more = more
+        return listing
 
     def list_events(
-        cls: Any,
+        cls: type,
         /,
         url: str,
-        limit: Any = None,
-        starting_after: Any = None,
-        ending_before: Any = None,
-        **filters: Any,
+        limit: str | None = None,
+        starting_after: str | None = None,
+        ending_before: str | None = None,
+        **filters: object,
     ) -> Any:
         listing = list_events_oldest_first(url, limit=limit, starting_after=starting_after, **filters)
         listing._list = list(reversed(listing._list))  # Stripe lists newest first
@@ -301,12 +413,12 @@ def _patch_localstripe() -> None:
         if ending_before not in ids:
             raise UserError(404, f"No such event: '{ending_before}'")
         newer = listing._list[: ids.index(ending_before)]
-        page = newer[-listing._limit :]
-        return Page(url, page, len(newer) > len(page))
+        cut = newer[-listing._limit :]
+        return page(url, cut, len(newer) > len(cut))
 
     list_refunds_by_second = Refund._api_list_all
 
-    def list_refunds(cls: Any, /, url: str, **params: Any) -> Any:
+    def list_refunds(cls: type, /, url: str, **params: object) -> Any:
         listing = list_refunds_by_second(url, **params)
         made = {id(obj): n for n, obj in enumerate(store.values())}  # the store keeps creation order
         listing._list.sort(key=lambda refund: made[id(refund)], reverse=True)
@@ -339,7 +451,14 @@ def _accepted(method: str, path: str) -> frozenset[tuple[str, ...]]:
     return frozenset(_name_shape(name) for name in ADDED_PARAMETERS[(method, path)])
 
 
-def _checkout_routes() -> list[tuple[str, str, Any]]:
+class _IntentData(TypedDict):
+    """A session's ``setup_intent_data`` or ``payment_intent_data``, checked."""
+
+    metadata: dict[str, str]
+    description: str | None
+
+
+def _checkout_routes() -> list[tuple[str, str, Handler]]:
     """The Checkout Session resource and its hosted page (see the module's docstring): (method, path, handler)."""
     from html import escape
 
@@ -358,7 +477,7 @@ def _checkout_routes() -> list[tuple[str, str, Any]]:
     from localstripe.server import json_response, unflatten_data  # type: ignore[import-untyped]
     from localstripe.webhooks import schedule_webhook  # type: ignore[import-untyped]
 
-    def refuse_unknown(names: Any, accepted: frozenset[tuple[str, ...]]) -> None:
+    def refuse_unknown(names: Iterable[str], accepted: frozenset[tuple[str, ...]]) -> None:
         for name in names:
             if _name_shape(name) not in accepted:
                 raise UserError(
@@ -367,10 +486,11 @@ def _checkout_routes() -> list[tuple[str, str, Any]]:
                     {"code": "parameter_unknown", "param": name},
                 )
 
-    def invalid(param: str, message: str) -> Any:
-        return UserError(400, message, {"code": "parameter_invalid", "param": param})
+    def invalid(param: str, message: str) -> Exception:
+        error: Exception = UserError(400, message, {"code": "parameter_invalid", "param": param})
+        return error
 
-    def text(data: dict[str, Any], key: str, param: str, *, required: bool = False) -> str | None:
+    def text(data: Mapping[str, object], key: str, param: str, *, required: bool = False) -> str | None:
         value = data.get(key)
         if value is None and not required:
             return None
@@ -380,20 +500,20 @@ def _checkout_routes() -> list[tuple[str, str, Any]]:
             raise invalid(param, f"Invalid {param}: must be a string")
         return value
 
-    def url(data: dict[str, Any], key: str, *, required: bool) -> str | None:
+    def url(data: Mapping[str, object], key: str, *, required: bool) -> str | None:
         value = text(data, key, key, required=required)
         if value is not None and not re.match(r"^https?://[^\s/]+", value):
             raise invalid(key, f"Invalid URL: {value}. URLs must begin with http:// or https://")
         return value
 
-    def strings(value: Any, param: str) -> dict[str, str]:
+    def strings(value: object, param: str) -> dict[str, str]:
         if value is None:
             return {}
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise invalid(param, f"Invalid {param}: must be a hash of strings")
         return dict(value)
 
-    def intent_data(data: dict[str, Any], key: str) -> dict[str, Any]:
+    def intent_data(data: Mapping[str, object], key: str) -> _IntentData:
         value = data.get(key) or {}
         if not isinstance(value, dict):
             raise invalid(key, f"Invalid {key}: must be a hash")
@@ -402,7 +522,7 @@ def _checkout_routes() -> list[tuple[str, str, Any]]:
             "description": text(value, "description", f"{key}[description]"),
         }
 
-    def line_items(value: Any) -> tuple[int, str]:
+    def line_items(value: object) -> tuple[int, str]:
         """``(amount_total, currency)`` of the line items."""
         if not isinstance(value, list) or not value:
             raise UserError(
@@ -417,8 +537,8 @@ def _checkout_routes() -> list[tuple[str, str, Any]]:
             product = price.get("product_data") if isinstance(price, dict) else None
             if not isinstance(price, dict) or not isinstance(product, dict):
                 raise UserError(400, f"Missing required param: {where}[price_data].", {"param": where})
-            quantity = try_convert_to_int(item.get("quantity"))
-            amount = try_convert_to_int(price.get("unit_amount"))
+            quantity: object = try_convert_to_int(item.get("quantity"))
+            amount: object = try_convert_to_int(price.get("unit_amount"))
             currency = text(price, "currency", f"{where}[price_data][currency]", required=True)
             text(product, "name", f"{where}[price_data][product_data][name]", required=True)
             if not isinstance(quantity, int) or quantity < 1:
@@ -433,101 +553,115 @@ def _checkout_routes() -> list[tuple[str, str, Any]]:
             raise invalid("line_items", "All line items must be in the same currency")
         return total, currencies.pop()
 
-    class CheckoutSession(StripeObject):  # type: ignore[misc]
-        object = "checkout.session"
-        _id_prefix = "cs_test_"
+    # --- the checkout.session object: CheckoutSession(origin, form data) ---
 
-        def __init__(self, origin: str, data: dict[str, Any]) -> None:
-            mode = data.get("mode")
-            if mode is None:
-                raise UserError(400, "Missing required param: mode.", {"code": "parameter_missing", "param": "mode"})
-            if mode not in CHECKOUT_MODES:
-                raise invalid("mode", f"Invalid mode: must be one of {', '.join(CHECKOUT_MODES)}")
-            success_url = url(data, "success_url", required=True)
-            cancel_url = url(data, "cancel_url", required=False)
-            customer = text(data, "customer", "customer")
-            if customer is not None:
-                Customer._api_retrieve(customer)  # 404 for an unknown customer, as localstripe answers elsewhere
-            types = data.get("payment_method_types", ["card"])
-            if not isinstance(types, list) or not types or any(t not in CHECKOUT_METHOD_TYPES for t in types):
-                raise invalid(
-                    "payment_method_types",
-                    f"Invalid payment_method_types: must be one of {', '.join(CHECKOUT_METHOD_TYPES)}",
-                )
-            metadata = strings(data.get("metadata"), "metadata")
-            other = "payment" if mode == "setup" else "setup"
-            for key in (f"{other}_intent_data", *(("line_items",) if mode == "setup" else ())):
-                if key in data:
-                    raise invalid(key, f"You can only specify `{key}` in `{other}` mode.")
-            own = intent_data(data, f"{mode}_intent_data")
-            amount_total, currency = line_items(data.get("line_items")) if mode == "payment" else (None, None)
-
-            # All exceptions must be raised before this point.
-            setup_intent = None
-            if mode == "setup":
-                setup_intent = SetupIntent(customer=customer, usage="off_session", metadata=own["metadata"])
-                setup_intent.payment_method_types = list(types)
-                setup_intent.description = own["description"]
-            super().__init__(id=self._id_prefix + random_id(58))
-            self.mode = mode
-            self.status = "open"
-            self.payment_status = "unpaid" if mode == "payment" else "no_payment_required"
-            self.url = f"{origin}/_test/checkout/sessions/{self.id}"
-            self.expires_at = self.created + CHECKOUT_LIFETIME_SECONDS
-            self.customer = customer
-            self.metadata = metadata
-            self.setup_intent = setup_intent.id if setup_intent is not None else None
-            self.payment_intent = None
-            self.amount_subtotal = amount_total
-            self.amount_total = amount_total
-            self.currency = currency
-            self.success_url = success_url
-            self.cancel_url = cancel_url
-            self.payment_method_types = list(types)
-            self._payment_intent_data = own if mode == "payment" else {}
-
-        def _save(self, pm: Any) -> None:
-            """Setup mode: the customer saves ``pm`` (authenticating if the card asks)."""
-            if pm._attaching_is_declined():
-                raise UserError(402, "Your card was declined.", {"code": "card_declined"})
-            intent = SetupIntent._api_confirm(self.setup_intent, payment_method=pm.id)
-            if intent.status == "requires_action":  # 3-D Secure, done by the customer on the page
-                intent.status, intent.next_action = "succeeded", None
-            if self.customer is not None:
-                PaymentMethod._api_attach(pm.id, customer=self.customer)
-
-        def _pay(self, pm: Any) -> None:
-            """Payment mode: the customer pays ``amount_total`` with ``pm`` (authenticating if the card asks)."""
-            data = self._payment_intent_data
-            intent = PaymentIntent._api_create(
-                amount=self.amount_total,
-                currency=self.currency,
-                customer=self.customer,
-                payment_method=pm.id,
-                payment_method_types=[pm.type],
-                metadata=dict(data["metadata"]),
-                description=data["description"],
+    def session_init(self: Any, origin: str, data: Mapping[str, object]) -> None:
+        mode = data.get("mode")
+        if mode is None:
+            raise UserError(400, "Missing required param: mode.", {"code": "parameter_missing", "param": "mode"})
+        if mode not in CHECKOUT_MODES:
+            raise invalid("mode", f"Invalid mode: must be one of {', '.join(CHECKOUT_MODES)}")
+        success_url = url(data, "success_url", required=True)
+        cancel_url = url(data, "cancel_url", required=False)
+        customer = text(data, "customer", "customer")
+        if customer is not None:
+            Customer._api_retrieve(customer)  # 404 for an unknown customer, as localstripe answers elsewhere
+        types = data.get("payment_method_types", ["card"])
+        if not isinstance(types, list) or not types or any(t not in CHECKOUT_METHOD_TYPES for t in types):
+            raise invalid(
+                "payment_method_types",
+                f"Invalid payment_method_types: must be one of {', '.join(CHECKOUT_METHOD_TYPES)}",
             )
-            intent._confirm(on_failure_now=intent._report_failure)  # a decline raises 402 here
-            if intent.status == "requires_action":  # 3-D Secure, done by the customer on the page
-                intent.next_action = None
-                intent._create_charge(on_failure_now=intent._report_failure)
-            self.payment_intent = intent.id
-            self.payment_status = "paid" if intent.status == "succeeded" else "unpaid"
+        metadata = strings(data.get("metadata"), "metadata")
+        other = "payment" if mode == "setup" else "setup"
+        for key in (f"{other}_intent_data", *(("line_items",) if mode == "setup" else ())):
+            if key in data:
+                raise invalid(key, f"You can only specify `{key}` in `{other}` mode.")
+        own = intent_data(data, f"{mode}_intent_data")
+        amount_total, currency = line_items(data.get("line_items")) if mode == "payment" else (None, None)
 
-    async def create(request: web.Request) -> Any:
+        # All exceptions must be raised before this point.
+        setup_intent = None
+        if mode == "setup":
+            setup_intent = SetupIntent(customer=customer, usage="off_session", metadata=own["metadata"])
+            setup_intent.payment_method_types = list(types)
+            setup_intent.description = own["description"]
+        StripeObject.__init__(self, id=self._id_prefix + random_id(58))
+        self.mode = mode
+        self.status = "open"
+        self.payment_status = "unpaid" if mode == "payment" else "no_payment_required"
+        self.url = f"{origin}/_test/checkout/sessions/{self.id}"
+        self.expires_at = self.created + CHECKOUT_LIFETIME_SECONDS
+        self.customer = customer
+        self.metadata = metadata
+        self.setup_intent = setup_intent.id if setup_intent is not None else None
+        self.payment_intent = None
+        self.amount_subtotal = amount_total
+        self.amount_total = amount_total
+        self.currency = currency
+        self.success_url = success_url
+        self.cancel_url = cancel_url
+        self.payment_method_types = list(types)
+        self._payment_intent_data = own if mode == "payment" else {}
+
+    def session_save(self: Any, pm: Any) -> None:
+        """Setup mode: the customer saves ``pm`` (authenticating if the card asks)."""
+        if pm._attaching_is_declined():
+            raise UserError(402, "Your card was declined.", {"code": "card_declined"})
+        intent = SetupIntent._api_confirm(self.setup_intent, payment_method=pm.id)
+        if intent.status == "requires_action":  # 3-D Secure, done by the customer on the page
+            intent.status, intent.next_action = "succeeded", None
+        if self.customer is not None:
+            PaymentMethod._api_attach(pm.id, customer=self.customer)
+
+    def session_pay(self: Any, pm: Any) -> None:
+        """Payment mode: the customer pays ``amount_total`` with ``pm`` (authenticating if the card asks)."""
+        data: _IntentData = self._payment_intent_data
+        intent = PaymentIntent._api_create(
+            amount=self.amount_total,
+            currency=self.currency,
+            customer=self.customer,
+            payment_method=pm.id,
+            payment_method_types=[pm.type],
+            metadata=dict(data["metadata"]),
+            description=data["description"],
+        )
+        intent._confirm(on_failure_now=intent._report_failure)  # a decline raises 402 here
+        if intent.status == "requires_action":  # 3-D Secure, done by the customer on the page
+            intent.next_action = None
+            intent._create_charge(on_failure_now=intent._report_failure)
+        self.payment_intent = intent.id
+        self.payment_status = "paid" if intent.status == "succeeded" else "unpaid"
+
+    CheckoutSession: Any = type(
+        "CheckoutSession",
+        (StripeObject,),
+        {
+            "object": "checkout.session",
+            "_id_prefix": "cs_test_",
+            "__init__": session_init,
+            "_save": session_save,
+            "_pay": session_pay,
+        },
+    )
+
+    # --- the routes ---
+
+    async def create(request: web.Request) -> web.StreamResponse:
         form = await request.post()
         refuse_unknown(form.keys(), _accepted("post", CHECKOUT_SESSIONS))
         session = CheckoutSession(str(request.url.origin()), unflatten_data(form) if form else {})
-        return json_response(session._export())
+        answer: web.StreamResponse = json_response(session._export())
+        return answer
 
-    async def retrieve(request: web.Request) -> Any:
+    async def retrieve(request: web.Request) -> web.StreamResponse:
         refuse_unknown(request.query.keys(), _accepted("get", CHECKOUT_SESSION))
         expand = unflatten_data(request.query).get("expand")
         session = CheckoutSession._api_retrieve(request.match_info["session"])
-        return json_response(session._export(expand=expand))
+        answer: web.StreamResponse = json_response(session._export(expand=expand))
+        return answer
 
-    async def page(request: web.Request) -> web.Response:
+    async def page(request: web.Request) -> web.StreamResponse:
         session = CheckoutSession._api_retrieve(request.match_info["session"])
         what = "Save a payment method" if session.mode == "setup" else f"Pay {session.amount_total} {session.currency}"
         return web.Response(
@@ -535,7 +669,7 @@ def _checkout_routes() -> list[tuple[str, str, Any]]:
             content_type="text/html",
         )
 
-    async def complete(request: web.Request) -> Any:
+    async def complete(request: web.Request) -> web.StreamResponse:
         session = CheckoutSession._api_retrieve(request.match_info["session"])
         form = await request.post()
         refuse_unknown(form.keys(), frozenset({("payment_method",)}))
@@ -553,11 +687,12 @@ def _checkout_routes() -> list[tuple[str, str, Any]]:
             session._pay(pm)
         session.status = "complete"
         schedule_webhook(Event("checkout.session.completed", session))
-        return json_response(session._export())
+        answer: web.StreamResponse = json_response(session._export())
+        return answer
 
     return [
         ("POST", CHECKOUT_SESSIONS, create),
-        ("GET", "/v1/checkout/sessions/{session}", retrieve),
+        ("GET", CHECKOUT_SESSION, retrieve),
         ("GET", "/_test/checkout/sessions/{session}", page),
         ("POST", "/_test/checkout/sessions/{session}/complete", complete),
     ]
@@ -572,10 +707,11 @@ def _serve(fd: int) -> None:
         app.router.add_route(method, path, handler)
 
     @web.middleware
-    async def hosted_pages_take_no_key(request: web.Request, handler: Any) -> Any:
+    async def hosted_pages_take_no_key(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/_test/checkout/"):
             return await handler(request)  # the customer's side: no API key
-        return await auth_middleware(request, handler)
+        answer: web.StreamResponse = await auth_middleware(request, handler)
+        return answer
 
     app.middlewares[app.middlewares.index(auth_middleware)] = hosted_pages_take_no_key
 
@@ -584,6 +720,6 @@ def _serve(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description="Serve the patched localstripe on an inherited listening socket.")
     parser.add_argument("--fd", type=int, required=True, help="a listening socket inherited from the parent")
     _serve(parser.parse_args().fd)
