@@ -240,8 +240,9 @@ class PostingKind(enum.StrEnum):
     * ``payout``: ``amount``, ``currency``, ``date``, ``from_account`` (clearing), ``to_account`` (the bank),
       ``reference`` (the payout id, which the bank statement shows). Clearing to bank: the deposit.
     * ``credit_application``: ``invoice_external_id``, ``customer_external_id``, ``source`` (``credit_note`` or
-      ``payment``: unapplied cash), ``source_id``, ``amount``, ``currency``, ``date``, ``reference``. An existing
-      credit of the customer's applied to the invoice.
+      ``payment``: unapplied cash), ``source_id``, ``amount``, ``currency``, ``date``, ``reference``, optional
+      ``source_kind`` (for unapplied cash, the stored ``PaymentRecord.kind``: Xero keeps it as an
+      ``overpayment`` or a ``prepayment``). An existing credit of the customer's applied to the invoice.
 
     ``account``-like values are the ledger's own identifiers (a QuickBooks account Id, a Xero account code).
     ``reference`` is the posting's key unless the payload says otherwise: it is how a posting whose outcome

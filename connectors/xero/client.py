@@ -13,6 +13,7 @@ float-typed models are never built, and request bodies are serialised by
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -34,6 +35,7 @@ from connectors.base import (
     OAuthTokens,
     Page,
     Posting,
+    PostingKind,
     PostingResult,
     ReauthRequiredError,
     RetriableError,
@@ -43,12 +45,21 @@ from connectors.base import (
 )
 from connectors.http import HttpTransport, RateBudget
 from connectors.oauth import BearerTokens, read_redirect
-from connectors.xero.faults import RateHeaders, make_classifier, read_rate_headers, validation_messages
-from connectors.xero.mapping import COLLECTIONS, ID_FIELDS, MappingError, format_if_modified_since, map_list_response
+from connectors.xero.faults import RateHeaders, make_classifier, parse_error, read_rate_headers, validation_messages
+from connectors.xero.mapping import (
+    COLLECTIONS,
+    ID_FIELDS,
+    MappingError,
+    format_if_modified_since,
+    map_list_response,
+    parse_xero_date,
+)
 
 PAGE_SIZE = 1000
 BATCH_SIZE = 50
 """Xero recommends at most 50 items per PUT."""
+LOOKUP_CHUNK = 25
+"""Ids or references per ``where`` of a lookup (an ``OR`` of 25 keeps the URL short)."""
 TOKEN_SKEW = timedelta(seconds=120)
 REFRESH_ATTEMPTS = 3
 """A refresh whose answer was lost is retried with the same refresh token: Xero honours it for 30 minutes."""
@@ -286,7 +297,7 @@ class XeroSource:
             margin=1.0,
         )
         self.transport = HttpTransport(
-            classifier=make_classifier(clock),
+            classifier=make_classifier(clock, writes_to_caller=True),
             budget=self.budget,
             clock=clock,
             sleeper=sleeper,
@@ -394,42 +405,305 @@ class XeroSource:
     # --- writing (the LedgerWriter port) ---------------------------------------
 
     def post(self, postings: Sequence[Posting]) -> list[PostingResult]:
-        """Write payments, fees (SPEND bank transactions) and payouts (bank transfers).
+        """Write payments, fees (SPEND bank transactions), payouts (bank transfers) and credit applications.
 
-        Items go in batches of at most 50 with ``summarizeErrors=false``, so one
-        bad item does not sink the rest; each batch carries an
-        ``Idempotency-Key`` made from its postings' keys, so a retried batch
-        is applied once.
+        Items go in batches of at most 50 with ``summarizeErrors=false`` where the endpoint takes it, so
+        one refused item does not sink the rest; a batch Xero refuses whole (``PUT /BankTransfers`` has
+        no ``summarizeErrors``) is sent again without the refused items. Allocations take one parent per
+        call: they are grouped per credit note, overpayment or prepayment. Every call carries an
+        ``Idempotency-Key`` made from its postings' keys, so a retried call is applied once. A refusal
+        is a result with ``retry=False`` and Xero's messages; throttling, 5xx and timeouts raise.
         """
         results: dict[str, PostingResult] = {}
         for kind, group in _by_kind(postings).items():
-            for start in range(0, len(group), BATCH_SIZE):
-                batch = group[start : start + BATCH_SIZE]
-                for result in self._post_batch(kind, batch):
-                    results[result.key] = result
+            if kind == PostingKind.CREDIT_APPLICATION:
+                done = self._post_allocations(group)
+            elif kind in _WRITERS:
+                done = []
+                for start in range(0, len(group), BATCH_SIZE):
+                    done += self._post_batch(kind, group[start : start + BATCH_SIZE])
+            else:
+                done = [_refused(p.key, f"Xero cannot post {kind!r}") for p in group]
+            results.update((result.key, result) for result in done)
         return [results[p.key] for p in postings]
 
     def _post_batch(self, kind: str, batch: Sequence[Posting]) -> list[PostingResult]:
-        writer = _WRITERS.get(kind)
-        if writer is None:
-            raise FatalError(f"{self.connection}: Xero cannot post {kind!r}")
-        collection, build, id_field, call = writer
-        body = {collection: [build(p.payload, p.key) for p in batch]}
-        key = batch_key(self.connection, kind, [p.key for p in batch])
-        method = getattr(self.api, call)
-        extra = {} if call == "create_bank_transfer" else {"summarize_errors": False}
-        response = method(self.tenant_id(), jsonwire.dumps(body), idempotency_key=key, _preload_content=False, **extra)
-        items = _read_json(self.connection, collection, response.data).get(collection, [])
-        if len(items) != len(batch):
-            raise FatalError(f"{self.connection}: Xero answered {len(items)} {collection} for {len(batch)} sent")
-        results = []
-        for posting, item in zip(batch, items, strict=True):
-            problems = validation_messages(item)
-            if problems or item.get("HasValidationErrors"):
-                results.append(PostingResult(posting.key, False, reason="; ".join(problems) or "validation error"))
-            else:
-                results.append(PostingResult(posting.key, True, external_id=str(item.get(id_field) or "")))
+        writer = _WRITERS[kind]
+        built, refused = _build(batch, writer.build)
+        method = getattr(self.api, writer.call)
+        extra = {"summarize_errors": False} if writer.summarize else {}
+
+        def send(bodies: list[dict[str, Any]], key: str) -> Any:
+            return method(
+                self.tenant_id(),
+                jsonwire.dumps({writer.collection: bodies}),
+                idempotency_key=key,
+                _preload_content=False,
+                **extra,
+            )
+
+        sent = self._send(kind, writer.collection, writer.id_field, built, send, prefix=())
+        return [*refused, *sent]
+
+    def _send(
+        self,
+        kind: str,
+        collection: str,
+        id_field: str,
+        items: Sequence[tuple[Posting, dict[str, Any]]],
+        send: Callable[[list[dict[str, Any]], str], Any],
+        *,
+        prefix: Sequence[str],
+        fallback_id: str = "",
+    ) -> list[PostingResult]:
+        """One write call for ``items`` (then again for those a whole-batch refusal left unapplied)."""
+        results: list[PostingResult] = []
+        pending = list(items)
+        while pending:
+            bodies = [body for _, body in pending]
+            key = batch_key(self.connection, kind, [*prefix, *(p.key for p, _ in pending), jsonwire.dumps(bodies)])
+            response = send(bodies, key)
+            body = _read_json(self.connection, collection, response.data)
+            if response.status == 400:
+                # Refused whole (nothing applied): park the refused items, send the others again.
+                verdicts = _refusals(body, [b for _, b in pending])
+                if verdicts is None or not any(verdicts):
+                    if len(pending) == 1:
+                        raise FatalError(f"{self.connection}: Xero refused {collection}: {_summary(body)}")
+                    for item in pending:  # cannot tell which item Xero refused: one call each
+                        results += self._send(
+                            kind, collection, id_field, [item], send, prefix=prefix, fallback_id=fallback_id
+                        )
+                    return results
+                results += [_refused(p.key, "; ".join(m)) for (p, _), m in zip(pending, verdicts, strict=True) if m]
+                pending = [item for item, m in zip(pending, verdicts, strict=True) if not m]
+                continue
+            answered = body.get(collection) if isinstance(body, Mapping) else None
+            if not isinstance(answered, list) or len(answered) != len(pending):
+                count = len(answered) if isinstance(answered, list) else 0
+                raise FatalError(f"{self.connection}: Xero answered {count} {collection} for {len(pending)} sent")
+            for (posting, _), item in zip(pending, answered, strict=True):
+                problems = validation_messages(item)
+                if problems or item.get("HasValidationErrors") or item.get("StatusAttributeString") == "ERROR":
+                    results.append(_refused(posting.key, "; ".join(problems) or "validation error"))
+                else:
+                    ident = str(item.get(id_field) or fallback_id)
+                    results.append(PostingResult(posting.key, True, external_id=ident))
+            break
         return results
+
+    # --- credit applications (allocations) --------------------------------------
+
+    def _post_allocations(self, postings: Sequence[Posting]) -> list[PostingResult]:
+        results: list[PostingResult] = []
+        parents: dict[tuple[str, str], list[Posting]] = {}
+        sources = self._credit_sources(postings)
+        for posting in postings:
+            source = sources[posting.key]
+            if isinstance(source, str):
+                results.append(_refused(posting.key, source))
+            else:
+                parents.setdefault(source, []).append(posting)
+        for (collection, parent), group in parents.items():
+            for start in range(0, len(group), BATCH_SIZE):
+                results += self._allocate(collection, parent, group[start : start + BATCH_SIZE])
+        return results
+
+    def _allocate(self, collection: str, parent: str, batch: Sequence[Posting]) -> list[PostingResult]:
+        built, refused = _build(batch, _allocation)
+        method = getattr(self.api, _ALLOCATION_CALLS[collection])
+
+        def send(bodies: list[dict[str, Any]], key: str) -> Any:
+            return method(
+                self.tenant_id(),
+                parent,
+                jsonwire.dumps({"Allocations": bodies}),
+                summarize_errors=False,
+                idempotency_key=key,
+                _preload_content=False,
+            )
+
+        try:
+            sent = self._send(
+                PostingKind.CREDIT_APPLICATION.value,
+                "Allocations",
+                "AllocationID",
+                built,
+                send,
+                prefix=[f"{collection}/{parent}"],
+                fallback_id=parent,
+            )
+        except FatalError as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+            label = _CREDIT_LABELS[collection]
+            sent = [_refused(p.key, f"Xero has no {label} {parent}") for p, _ in built]
+        return [*refused, *sent]
+
+    def _credit_sources(self, postings: Sequence[Posting]) -> dict[str, tuple[str, str] | str]:
+        """Where each credit application's credit sits: ``(collection, id)``, or why it cannot be applied.
+
+        ``source == "credit_note"`` is a CreditNote. Unapplied cash (``source == "payment"``) is an
+        Overpayment or a Prepayment in Xero: ``source_kind`` (the ``PaymentRecord.kind`` the sync stored,
+        ``overpayment`` / ``prepayment``) says which; without it, the id is looked up in both.
+        """
+        out: dict[str, tuple[str, str] | str] = {}
+        unknown: dict[str, list[str]] = {}
+        for posting in postings:
+            payload = posting.payload
+            source, ident = payload.get("source"), str(payload.get("source_id") or "")
+            kind = payload.get("source_kind")
+            if not ident:
+                out[posting.key] = "credit application without source_id"
+            elif source == "credit_note":
+                out[posting.key] = ("CreditNotes", ident)
+            elif source != "payment":
+                out[posting.key] = f"unknown credit source {source!r}"
+            elif kind in _CASH_COLLECTIONS:
+                out[posting.key] = (_CASH_COLLECTIONS[str(kind)], ident)
+            elif kind is None:
+                unknown.setdefault(ident, []).append(posting.key)
+            else:
+                out[posting.key] = (
+                    f"unapplied cash {ident} is a {kind}: Xero keeps unapplied cash as an overpayment or a prepayment"
+                )
+        if unknown:
+            found: dict[str, str] = {}
+            for collection in ("Overpayments", "Prepayments"):
+                wanted = [i for i in unknown if i.lower() not in found]
+                for item in self._where_ids(collection, wanted):
+                    found[str(item.get(ID_FIELDS[collection], "")).lower()] = collection
+            for ident, keys in unknown.items():
+                where = found.get(ident.lower())
+                for key in keys:
+                    out[key] = (where, ident) if where else f"Xero has no overpayment or prepayment {ident}"
+        return out
+
+    def _where_ids(self, collection: str, ids: Sequence[str]) -> Iterator[Mapping[str, Any]]:
+        id_field = ID_FIELDS[collection]
+        for start in range(0, len(ids), LOOKUP_CHUNK):
+            where = " || ".join(f'{id_field}==Guid("{i}")' for i in ids[start : start + LOOKUP_CHUNK])
+            yield from self._read_all(collection, where=where)
+
+    # --- outcomes unknown: find what Xero already has ---------------------------
+
+    def find_posted(self, postings: Sequence[Posting]) -> dict[str, str]:
+        """Of ``postings`` whose outcome is unknown, those Xero already has: key -> Xero's id.
+
+        Payments, spend money and transfers are found by the ``Reference`` that carries the key, read
+        with ``where`` filters Xero serves efficiently: payments by ``Invoice.InvoiceID`` (optimised in
+        ``OR``), spend money by ``Type`` and ``Date`` (``Reference`` is not an optimised filter there),
+        transfers by ``Reference`` itself (a short, unpaged list); the reference is matched here. A
+        document found in any status counts (one a person deleted was posted once: posting it again would
+        post it twice). Allocations carry no reference: the parent's ``Allocations`` are read and matched by
+        invoice, amount and date, each allocation answering for one posting at most.
+        """
+        found: dict[str, str] = {}
+        groups = _by_kind(postings)
+        if groups.get(PostingKind.PAYMENT):
+            found |= self._find_payments(groups[PostingKind.PAYMENT])
+        if groups.get(PostingKind.FEE):
+            found |= self._find_spend(groups[PostingKind.FEE])
+        if groups.get(PostingKind.PAYOUT):
+            found |= self._find_transfers(groups[PostingKind.PAYOUT])
+        if groups.get(PostingKind.CREDIT_APPLICATION):
+            found |= self._find_allocations(groups[PostingKind.CREDIT_APPLICATION])
+        return found
+
+    def _find_payments(self, postings: Sequence[Posting]) -> dict[str, str]:
+        wanted = {(_reference(p), str(p.payload.get("invoice_external_id", "")).lower()): p.key for p in postings}
+        invoices = sorted({invoice for _, invoice in wanted if invoice})
+        matches = _Matches()
+        for start in range(0, len(invoices), LOOKUP_CHUNK):
+            chunk = invoices[start : start + LOOKUP_CHUNK]
+            where = " || ".join(f'Invoice.InvoiceID==Guid("{i}")' for i in chunk)
+            for item in self._read_all("Payments", where=where, paged=True):
+                invoice = _mapping(item.get("Invoice"))
+                key = wanted.get((str(item.get("Reference") or ""), str(invoice.get("InvoiceID", "")).lower()))
+                if key:
+                    matches.add(key, str(item.get("PaymentID")), item.get("Status"))
+        return matches.best()
+
+    def _find_spend(self, postings: Sequence[Posting]) -> dict[str, str]:
+        wanted = {_reference(p): p.key for p in postings}
+        days = sorted(_as_date(p.payload.get("date"), self.clock) for p in postings)
+        where = f'Type=="SPEND" && Date>={_datetime(days[0])} && Date<={_datetime(days[-1])}'
+        matches = _Matches()
+        for item in self._read_all("BankTransactions", where=where, paged=True):
+            key = wanted.get(str(item.get("Reference") or ""))
+            if key:
+                matches.add(key, str(item.get("BankTransactionID")), item.get("Status"))
+        return matches.best()
+
+    def _find_transfers(self, postings: Sequence[Posting]) -> dict[str, str]:
+        wanted = {_reference(p): p.key for p in postings}
+        references = sorted(wanted)
+        matches = _Matches()
+        for start in range(0, len(references), LOOKUP_CHUNK):
+            where = " || ".join(f"Reference=={json.dumps(r)}" for r in references[start : start + LOOKUP_CHUNK])
+            for item in self._read_all("BankTransfers", where=where, include_deleted="true"):
+                key = wanted.get(str(item.get("Reference") or ""))
+                if key:
+                    matches.add(key, str(item.get("BankTransferID")), item.get("Status"))
+        return matches.best()
+
+    def _find_allocations(self, postings: Sequence[Posting]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        parents: dict[tuple[str, str], list[Posting]] = {}
+        sources = self._credit_sources(postings)
+        for posting in postings:
+            source = sources[posting.key]
+            if not isinstance(source, str):
+                parents.setdefault(source, []).append(posting)
+        for (collection, parent), group in parents.items():
+            items = self._read_one(collection, parent)
+            allocations = [a for item in items for a in item.get("Allocations") or [] if isinstance(a, Mapping)]
+            unused = list(allocations)
+            for posting in group:
+                wanted = (
+                    str(posting.payload.get("invoice_external_id", "")).lower(),
+                    posting.payload.get("amount"),
+                    _as_date(posting.payload.get("date"), self.clock),
+                )
+                for allocation in unused:
+                    if _allocation_key(allocation) == wanted:
+                        unused.remove(allocation)
+                        found[posting.key] = str(allocation.get("AllocationID") or parent)
+                        break
+        return found
+
+    def _read_all(
+        self, collection: str, *, where: str, paged: bool = False, include_deleted: str | None = None
+    ) -> Iterator[Mapping[str, Any]]:
+        """Every item of a ``where``-filtered list, page after page when the collection pages."""
+        method = getattr(self.api, f"get_{_snake(collection)}")
+        page = 1
+        while True:
+            kwargs: dict[str, Any] = {"where": where, "_preload_content": False}
+            if paged:
+                kwargs.update(page=page, page_size=self.settings.page_size)
+            if include_deleted is not None:
+                kwargs["include_deleted"] = include_deleted
+            body = _read_json(self.connection, collection, method(self.tenant_id(), **kwargs).data)
+            items = body.get(collection) if isinstance(body, Mapping) else None
+            if not isinstance(items, list):
+                raise FatalError(f"{self.connection}: unreadable {collection} response: no {collection} list")
+            yield from (item for item in items if isinstance(item, Mapping))
+            if not paged or len(items) < self.settings.page_size:
+                return
+            page += 1
+
+    def _read_one(self, collection: str, ident: str) -> list[Mapping[str, Any]]:
+        method = getattr(self.api, f"get_{_snake(collection)[:-1]}")
+        try:
+            response = method(self.tenant_id(), ident, _preload_content=False)
+        except FatalError as exc:
+            if "HTTP 404" in str(exc):
+                return []
+            raise
+        body = _read_json(self.connection, collection, response.data)
+        items = body.get(collection) if isinstance(body, Mapping) else None
+        return [item for item in items or [] if isinstance(item, Mapping)]
 
 
 def _read_json(connection: str, collection: str, data: bytes) -> Any:
@@ -440,7 +714,11 @@ def _read_json(connection: str, collection: str, data: bytes) -> Any:
 
 
 def batch_key(connection: str, kind: str, keys: Sequence[str]) -> str:
-    """The same postings always make the same Idempotency-Key (at most 128 characters)."""
+    """The same postings (keys and request bodies) always make the same Idempotency-Key (at most 128 characters).
+
+    A posting a person corrected (another account, another date) makes another key, so Xero does not replay
+    its first refusal; the same request sent again after a refusal within Xero's idempotency window does.
+    """
     digest = hashlib.sha256("\n".join([connection, kind, *keys]).encode()).hexdigest()
     return f"arsync-{kind}-{digest[:48]}"
 
@@ -456,22 +734,138 @@ def _snake(collection: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in collection).lstrip("_")
 
 
+class _PayloadError(ValueError):
+    """A posting's payload lacks what Xero needs: the posting is refused, never sent."""
+
+
+@dataclass(frozen=True)
+class _Writer:
+    collection: str
+    build: Callable[[Mapping[str, Any], str], dict[str, Any]]
+    id_field: str
+    call: str
+    summarize: bool
+    """Whether the endpoint takes ``summarizeErrors`` (PUT /BankTransfers does not)."""
+
+
+class _Matches:
+    """Documents found per key; a live one is preferred to a deleted one."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, list[tuple[bool, str]]] = {}
+
+    def add(self, key: str, ident: str, status: object) -> None:
+        self.found.setdefault(key, []).append((status == "DELETED", ident))
+
+    def best(self) -> dict[str, str]:
+        return {key: min(candidates)[1] for key, candidates in self.found.items()}
+
+
+def _refused(key: str, reason: str) -> PostingResult:
+    """A refusal a person must act on (validation, closed period, deleted invoice): never retried by itself."""
+    return PostingResult(key, False, reason=reason, retry=False)
+
+
+def _build(
+    batch: Sequence[Posting], build: Callable[[Mapping[str, Any], str], dict[str, Any]]
+) -> tuple[list[tuple[Posting, dict[str, Any]]], list[PostingResult]]:
+    built: list[tuple[Posting, dict[str, Any]]] = []
+    refused: list[PostingResult] = []
+    for posting in batch:
+        try:
+            built.append((posting, build(posting.payload, posting.key)))
+        except _PayloadError as exc:
+            refused.append(_refused(posting.key, f"payload: {exc}"))
+    return built, refused
+
+
+def _refusals(body: Any, sent: Sequence[Mapping[str, Any]]) -> list[list[str]] | None:
+    """Each sent item's messages in a 400 ``ValidationException`` (``None``: the elements cannot be told apart).
+
+    Elements are read in order when there is one per item sent, else matched by ``Reference``.
+    """
+    elements = body.get("Elements") if isinstance(body, Mapping) else None
+    if not isinstance(elements, list) or not elements:
+        return None
+    if len(elements) == len(sent):
+        return [validation_messages(element) for element in elements]
+    by_reference = {
+        str(e.get("Reference")): validation_messages(e)
+        for e in elements
+        if isinstance(e, Mapping) and e.get("Reference")
+    }
+    references = [str(item.get("Reference") or "") for item in sent]
+    if not any(r in by_reference for r in references):
+        return None
+    return [by_reference.get(r, []) for r in references]
+
+
+def _summary(body: Any) -> str:
+    error = parse_error(body) if isinstance(body, Mapping) else None
+    if error is None:
+        return "no error body"
+    return "; ".join(error.messages) or error.detail or error.title
+
+
+def _reference(posting: Posting) -> str:
+    """The posting's ``Reference`` in Xero: the payload's, else the posting key (``PostingKind``)."""
+    return str(posting.payload.get("reference") or posting.key)
+
+
+def _as_date(value: Any, clock: Clock) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if value is None:
+        return clock().date()
+    return date.fromisoformat(str(value)[:10])
+
+
+def _datetime(day: date) -> str:
+    """A date in a ``where`` expression: ``DateTime(2026,11,20)``."""
+    return f"DateTime({day.year},{day.month:02d},{day.day:02d})"
+
+
+def _allocation_key(allocation: Mapping[str, Any]) -> tuple[str, Any, date | None]:
+    invoice = _mapping(allocation.get("Invoice"))
+    try:
+        day: date | None = parse_xero_date(allocation.get("Date"))
+    except MappingError:
+        day = None
+    amount = allocation.get("Amount")
+    return str(invoice.get("InvoiceID", "")).lower(), Decimal(str(amount)) if amount is not None else None, day
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _day(value: Any) -> str:
+    if value is None:
+        raise _PayloadError("date missing")
     return value.isoformat() if isinstance(value, date) else str(value)
 
 
 def _money(value: Any) -> Decimal:
     if not isinstance(value, Decimal):
-        raise FatalError(f"amount {value!r} is not a Decimal")
+        raise _PayloadError(f"amount {value!r} is not a Decimal")
+    return value
+
+
+def _required(payload: Mapping[str, Any], name: str) -> Any:
+    value = payload.get(name)
+    if value is None or value == "":
+        raise _PayloadError(f"{name} missing")
     return value
 
 
 def _payment(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
     item: dict[str, Any] = {
-        "Invoice": {"InvoiceID": payload["invoice_external_id"]},
-        "Account": {"Code": payload["account_code"]},
-        "Date": _day(payload["date"]),
-        "Amount": _money(payload["amount"]),
+        "Invoice": {"InvoiceID": _required(payload, "invoice_external_id")},
+        "Account": {"Code": _required(payload, "account")},
+        "Date": _day(payload.get("date")),
+        "Amount": _money(payload.get("amount")),
         "Reference": payload.get("reference") or key,
     }
     if payload.get("currency_rate") is not None:
@@ -482,17 +876,17 @@ def _payment(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
 def _spend(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
     return {
         "Type": "SPEND",
-        "Contact": {"Name": payload.get("contact_name", "Payment processor")},
-        "BankAccount": {"Code": payload["bank_account_code"]},
-        "Date": _day(payload["date"]),
+        "Contact": {"Name": payload.get("contact_name") or "Payment processor"},
+        "BankAccount": {"Code": _required(payload, "from_account")},
+        "Date": _day(payload.get("date")),
         "Reference": payload.get("reference") or key,
         "LineAmountTypes": "NoTax",
         "LineItems": [
             {
-                "Description": payload.get("description", "Processing fees"),
+                "Description": payload.get("description") or "Processing fees",
                 "Quantity": Decimal("1"),
-                "UnitAmount": _money(payload["amount"]),
-                "AccountCode": payload["expense_account_code"],
+                "UnitAmount": _money(payload.get("amount")),
+                "AccountCode": _required(payload, "expense_account"),
             }
         ],
     }
@@ -500,16 +894,37 @@ def _spend(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 def _transfer(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
     return {
-        "FromBankAccount": {"Code": payload["from_account_code"]},
-        "ToBankAccount": {"Code": payload["to_account_code"]},
-        "Amount": _money(payload["amount"]),
-        "Date": _day(payload["date"]),
+        "FromBankAccount": {"Code": _required(payload, "from_account")},
+        "ToBankAccount": {"Code": _required(payload, "to_account")},
+        "Amount": _money(payload.get("amount")),
+        "Date": _day(payload.get("date")),
         "Reference": payload.get("reference") or key,
     }
 
 
-_WRITERS: Mapping[str, tuple[str, Callable[[Mapping[str, Any], str], dict[str, Any]], str, str]] = {
-    "payment": ("Payments", _payment, "PaymentID", "create_payments"),
-    "fee": ("BankTransactions", _spend, "BankTransactionID", "create_bank_transactions"),
-    "payout": ("BankTransfers", _transfer, "BankTransferID", "create_bank_transfer"),
+def _allocation(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """An allocation has no Reference: it is found again by invoice, amount and date (``find_posted``)."""
+    return {
+        "Invoice": {"InvoiceID": _required(payload, "invoice_external_id")},
+        "Amount": _money(payload.get("amount")),
+        "Date": _day(payload.get("date")),
+    }
+
+
+_WRITERS: Mapping[str, _Writer] = {
+    PostingKind.PAYMENT: _Writer("Payments", _payment, "PaymentID", "create_payments", True),
+    PostingKind.FEE: _Writer("BankTransactions", _spend, "BankTransactionID", "create_bank_transactions", True),
+    PostingKind.PAYOUT: _Writer("BankTransfers", _transfer, "BankTransferID", "create_bank_transfer", False),
+}
+_ALLOCATION_CALLS: Mapping[str, str] = {
+    "CreditNotes": "create_credit_note_allocation",
+    "Overpayments": "create_overpayment_allocations",
+    "Prepayments": "create_prepayment_allocations",
+}
+_CASH_COLLECTIONS: Mapping[str, str] = {"overpayment": "Overpayments", "prepayment": "Prepayments"}
+"""``PaymentRecord.kind`` of unapplied cash (``mapping.map_overpayment`` / ``map_prepayment``) -> collection."""
+_CREDIT_LABELS: Mapping[str, str] = {
+    "CreditNotes": "credit note",
+    "Overpayments": "overpayment",
+    "Prepayments": "prepayment",
 }

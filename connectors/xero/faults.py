@@ -22,7 +22,10 @@ this order (resolution, then who must act):
    ``summarizeErrors=false`` the caller reads each element). Only a 2xx
    that says it is JSON and is not is a FAIL, system (a cut-off body).
 6. HTTP 400 ``ValidationException`` (``ErrorNumber`` 10): FAIL, system,
-   with the elements' messages summarised; a 400 that refuses a query as
+   with the elements' messages summarised (a classifier made with
+   ``writes_to_caller=True`` answers IGNORE instead for a PUT / POST: the
+   ledger writer reads each element's messages, since nothing of the request
+   was applied); a 400 that refuses a query as
    "not filtering efficiently", or a ``QueryParseException``: FAIL, system
    (our query is wrong).
 7. HTTP 404 and anything else: FAIL, system.
@@ -308,9 +311,10 @@ def _says_json(response: requests.Response) -> bool:
 class XeroFaults:
     """The Xero classification table, with an injected clock for ``Retry-After`` and the day limit."""
 
-    def __init__(self, clock: Clock, *, rate_wait: float = DEFAULT_RATE_WAIT) -> None:
+    def __init__(self, clock: Clock, *, rate_wait: float = DEFAULT_RATE_WAIT, writes_to_caller: bool = False) -> None:
         self._clock = clock
         self._rate_wait = rate_wait
+        self._writes_to_caller = writes_to_caller
 
     def __call__(self, response: requests.Response) -> Classification:
         return self.classify(response)
@@ -349,6 +353,8 @@ class XeroFaults:
         if status in RETRY_STATUSES:
             return Classification(Resolution.RETRY, Actor.TRANSIENT, say(), self._retry_after(response))
         if status == 400:
+            if self._writes_to_caller and _is_validation(parsed.error) and _method(response) in ("PUT", "POST"):
+                return Classification(Resolution.IGNORE, Actor.SYSTEM, say("validation failed"))
             return Classification(Resolution.FAIL, Actor.SYSTEM, say(_bad_request(parsed)))
         if status == 404:
             return Classification(Resolution.FAIL, Actor.SYSTEM, say("not found"))
@@ -381,9 +387,18 @@ _FORBIDDEN = (
 )
 
 
+def _is_validation(error: XeroError | None) -> bool:
+    return error is not None and (error.error_number == VALIDATION_ERROR_NUMBER or error.title == "ValidationException")
+
+
+def _method(response: requests.Response) -> str:
+    request = getattr(response, "request", None)
+    return str(getattr(request, "method", "") or "").upper()
+
+
 def _bad_request(parsed: _Parsed) -> str:
     error = parsed.error
-    if error is not None and (error.error_number == VALIDATION_ERROR_NUMBER or error.title == "ValidationException"):
+    if _is_validation(error):
         return "validation failed"
     text = " ".join(part for part in (parsed.text, error.detail if error else "") if part).lower()
     if "filter" in text:
@@ -409,6 +424,12 @@ def _message(response: requests.Response, parsed: _Parsed, what: str = "") -> st
     return f"{text} (xero_correlation_id={correlation})" if correlation else text
 
 
-def make_classifier(clock: Clock, *, rate_wait: float = DEFAULT_RATE_WAIT) -> Classifier:
-    """The Xero classifier for :class:`connectors.http.HttpTransport`."""
-    return XeroFaults(clock, rate_wait=rate_wait).classify
+def make_classifier(
+    clock: Clock, *, rate_wait: float = DEFAULT_RATE_WAIT, writes_to_caller: bool = False
+) -> Classifier:
+    """The Xero classifier for :class:`connectors.http.HttpTransport`.
+
+    ``writes_to_caller``: a write refused whole with a 400 ``ValidationException`` is handed back
+    (IGNORE) instead of raised, for a caller that reads the refusal element by element.
+    """
+    return XeroFaults(clock, rate_wait=rate_wait, writes_to_caller=writes_to_caller).classify

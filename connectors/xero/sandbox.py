@@ -14,6 +14,8 @@ error shapes of Xero's OpenAPI spec (``xero_accounting.yaml``,
   ``IDs`` and ``order``; single reads; batch writes of payments, spend money
   and bank transfers with ``summarizeErrors`` and ``Idempotency-Key``;
   credit note / overpayment / prepayment allocations; payment deletion;
+  the organisation's lock dates (``set_lock_dates``), which refuse API writes
+  dated on or before them with Xero's validation message;
 * Xero's rate limits per tenant (60 a minute, 5 in flight, 5000 a day) and per
   app (10,000 a minute), answered with HTTP 429, ``Retry-After`` and
   ``X-Rate-Limit-Problem``, and the ``X-*Limit-Remaining`` headers on every
@@ -834,6 +836,10 @@ class _Tenant:
     idempotent: dict[str, _Response] = field(default_factory=dict)
     cache: dict[tuple[Any, ...], tuple[int, list[str]]] = field(default_factory=dict)
     connected: bool = True
+    period_lock_date: int | None = None
+    """Ordinal of the organisation's period lock date (Financial settings), or None."""
+    end_of_year_lock_date: int | None = None
+    """Ordinal of the end of year lock date, or None."""
 
 
 @dataclass
@@ -902,6 +908,17 @@ _FAULT_KINDS = (
     "expire_token",
 )
 _LIMIT_FAULTS = {"minute_limit": "minute", "day_limit": "day", "app_limit": "appminute"}
+
+# Xero's own validation messages (sources in docs/connectors/xero.md):
+_LOCK_MESSAGE = "The document date cannot be before the {which} lock date, currently set at {day}"
+"""``The document date cannot be before the period lock date, currently set at 30-Nov-2018`` and
+``... the end of year lock date, currently set at 31-Jul-2013`` (waynerobinson/xeroizer#92)."""
+_OVER_ALLOCATED = "{what} cannot be allocated as amount is greater than amount outstanding"
+"""``Credit Note cannot be allocated as ...`` (calcinai/xero-php#251, waynerobinson/xeroizer#320),
+``Overpayment cannot be allocated as ...`` (calcinai/xero-php#335)."""
+_PAID_OFF = "The invoice you are trying to allocate to has already been paid off"
+"""waynerobinson/xeroizer#320, calcinai/xero-php#335."""
+_ALLOCATION_LABELS = {"CreditNotes": "Credit Note", "Overpayments": "Overpayment", "Prepayments": "Prepayment"}
 _NO_CACHE = "max-age=0, no-cache, no-store"
 
 
@@ -1336,6 +1353,25 @@ class XeroSandbox:
             waking, self._wake = self._wake, threading.Event()
         waking.set()
 
+    def set_lock_dates(
+        self,
+        tenant_id: str,
+        *,
+        period_lock_date: date | None = None,
+        end_of_year_lock_date: date | None = None,
+    ) -> None:
+        """Set (or, with None, clear) the organisation's lock dates, as an adviser does in Financial settings.
+
+        Xero then refuses a payment, bank transaction, bank transfer or allocation sent through the
+        API that is dated on or before a lock date, with the validation message Xero sends (quoted in
+        ``_LOCK_MESSAGES``). The sandbox has no user roles: both dates bind every API write. The
+        Python API (``put``, ``allocate``) is the sandbox's back door and is never refused.
+        """
+        with self._lock:
+            tenant = self._tenant(tenant_id)
+            tenant.period_lock_date = period_lock_date.toordinal() if period_lock_date else None
+            tenant.end_of_year_lock_date = end_of_year_lock_date.toordinal() if end_of_year_lock_date else None
+
     def disconnect(self, tenant_id: str) -> None:
         """The user disconnects the app from this organisation: its API calls answer 403."""
         with self._lock:
@@ -1767,6 +1803,8 @@ class XeroSandbox:
         except XeroValidationError as exc:
             errors.extend(exc.messages)
             lines, totals = [], {}
+        if not trusted:
+            errors.extend(self._lock_errors(tenant, obj))
         if errors:
             raise XeroValidationError(*errors)
         contact = self._core(self._row(tenant, "Contacts", contact_id)) if contact_id else None
@@ -1817,6 +1855,14 @@ class XeroSandbox:
             core[link] = credit_id
         return self._store(tenant, "BankTransactions", core)
 
+    def _lock_errors(self, tenant: _Tenant, obj: Mapping[str, Any]) -> list[str]:
+        """Lock-date messages for an API write dated ``obj["Date"]`` (today when absent)."""
+        try:
+            day = self._day(obj["Date"]) if obj.get("Date") is not None else self.today().toordinal()
+        except XeroValidationError as exc:
+            return exc.messages
+        return self._locked(tenant, day)
+
     def _create_bank_transfer(self, tenant: _Tenant, obj: JsonObj, trusted: bool) -> JsonObj:
         errors: list[str] = []
         ends: dict[str, JsonObj] = {}
@@ -1837,6 +1883,8 @@ class XeroSandbox:
                 errors.append("Amount must be greater than zero")
         except XeroValidationError as exc:
             errors.extend(exc.messages)
+        if not trusted:
+            errors.extend(self._lock_errors(tenant, obj))
         if errors:
             raise XeroValidationError(*errors)
         stamp = self._stamp(obj, trusted)
@@ -1941,6 +1989,8 @@ class XeroSandbox:
                 day = self._day(obj["Date"])
             except XeroValidationError as exc:
                 errors.extend(exc.messages)
+        if not trusted:
+            errors.extend(self._locked(tenant, day if day is not None else self.today().toordinal()))
         rate = target.get("CurrencyRate", Decimal(1)) if target is not None else Decimal(1)
         if obj.get("CurrencyRate") is not None:
             try:
@@ -2047,8 +2097,26 @@ class XeroSandbox:
                 return core
         return None
 
+    @staticmethod
+    def _locked(tenant: _Tenant, day: int) -> list[str]:
+        """Xero's messages for a document dated ``day`` on or before the organisation's lock dates."""
+        messages = []
+        for which, lock in (("period", tenant.period_lock_date), ("end of year", tenant.end_of_year_lock_date)):
+            if lock is not None and day <= lock:
+                messages.append(_LOCK_MESSAGE.format(which=which, day=date.fromordinal(lock).strftime("%d-%b-%Y")))
+        return messages
+
     def _allocate(
-        self, tenant: _Tenant, name: str, source_id: str, invoice_id: str, amount: Decimal, day: int | None, stamp: int
+        self,
+        tenant: _Tenant,
+        name: str,
+        source_id: str,
+        invoice_id: str,
+        amount: Decimal,
+        day: int | None,
+        stamp: int,
+        *,
+        api: bool = False,
     ) -> JsonObj:
         source_stored = tenant.collections[name].rows.get(source_id)
         invoice_stored = tenant.collections["Invoices"].rows.get(invoice_id)
@@ -2060,23 +2128,28 @@ class XeroSandbox:
         source = self._core(source_stored)
         invoice = self._core(invoice_stored)
         amount = _money(amount)
+        paid_off = invoice["Status"] == "PAID" or (invoice["Status"] == "AUTHORISED" and invoice["AmountDue"] <= 0)
         if amount <= 0:
             errors.append("Allocation amount must be greater than zero")
-        if source["Status"] != "AUTHORISED":
+        if source["Status"] not in ("AUTHORISED", "PAID"):
             errors.append("Only authorised documents can be allocated")
-        if invoice["Status"] != "AUTHORISED":
+        if paid_off:
+            errors.append(_PAID_OFF)
+        elif invoice["Status"] != "AUTHORISED":
             errors.append("Allocations can only be made against Authorised invoices")
         if amount > source["RemainingCredit"]:
-            errors.append("The amount allocated is greater than the remaining credit")
-        if amount > invoice["AmountDue"]:
+            errors.append(_OVER_ALLOCATED.format(what=_ALLOCATION_LABELS[name]))
+        if not paid_off and amount > invoice["AmountDue"]:
             errors.append("The amount allocated is greater than the amount due on the invoice")
         if source["CurrencyCode"] != invoice["CurrencyCode"]:
             errors.append("The credit and the invoice must be in the same currency")
         if source["ContactID"] != invoice["ContactID"]:
             errors.append("The credit and the invoice must be for the same contact")
+        on = day if day is not None else max(source["Date"], invoice["Date"])
+        if api:
+            errors.extend(self._locked(tenant, on))
         if errors:
             raise XeroValidationError(*errors)
-        on = day if day is not None else max(source["Date"], invoice["Date"])
         id_field = ID_FIELDS[name]
         allocation = {
             "AllocationID": _new_id(),
@@ -2341,6 +2414,7 @@ class XeroSandbox:
             "RemainingCredit": self._money_out(core["RemainingCredit"]),
             "Allocations": [
                 {
+                    "AllocationID": a["AllocationID"],
                     "Amount": _q2(a["Amount"]),
                     "Date": wire_date(a["Date"]),
                     "Invoice": self._invoice_ref(tenant, a["InvoiceID"]),
@@ -2740,7 +2814,7 @@ class XeroSandbox:
                 raise XeroValidationError("An allocation needs an Invoice")
             day = self._day(item["Date"]) if item.get("Date") is not None else None
             allocation = self._allocate(
-                tenant, name, source_id, invoice_id, _money(item.get("Amount")), day, self._now_ms()
+                tenant, name, source_id, invoice_id, _money(item.get("Amount")), day, self._now_ms(), api=True
             )
             return {
                 "AllocationID": allocation["AllocationID"],

@@ -282,6 +282,8 @@ def session() -> Iterator[tuple[XeroSandbox, dict[str, requests.Response]]]:
             {"Allocations": [{"Invoice": {"InvoiceID": target["InvoiceID"]}, "Amount": 1, "Date": "2024-05-01"}]},
         )
 
+        _allocations_and_lookups(box, tenant, api, out)
+
         box.inject("expire_token")
         out["expired"] = api.get("Invoices", page=1)
         token = box.issue_tokens()["access_token"]
@@ -296,6 +298,90 @@ def session() -> Iterator[tuple[XeroSandbox, dict[str, requests.Response]]]:
     finally:
         box.stop()
     assert box.server_errors == []
+
+
+def _allocations_and_lookups(box: XeroSandbox, tenant: str, api: Api, out: dict[str, requests.Response]) -> None:
+    """What write-back sends: allocations of every parent, lock-date refusals, lookups by reference."""
+    for name in ("Overpayments", "Prepayments"):
+        id_field = "OverpaymentID" if name == "Overpayments" else "PrepaymentID"
+        cash = next(
+            c for c in box.all(tenant, name) if c["Status"] == "AUTHORISED" and Decimal(c["RemainingCredit"]) > 2
+        )
+        target = box.put(
+            tenant,
+            "Invoices",
+            {
+                "Type": "ACCREC",
+                "Contact": {"ContactID": cash["Contact"]["ContactID"]},
+                "CurrencyCode": cash["CurrencyCode"],
+                "Status": "AUTHORISED",
+                "LineItems": [{"Description": "x", "Quantity": 1, "UnitAmount": 50, "AccountCode": "200"}],
+            },
+        )
+        allocations = {
+            "Allocations": [
+                {"Invoice": {"InvoiceID": target["InvoiceID"]}, "Amount": 1, "Date": "2024-05-01"},
+                {"Invoice": {"InvoiceID": target["InvoiceID"]}, "Amount": 100_000, "Date": "2024-05-01"},
+            ]
+        }
+        path = f"{name}/{cash[id_field]}/Allocations"
+        key = {"Idempotency-Key": f"allocate-{name}"}
+        out[f"{name}:allocate"] = api.write("PUT", path, allocations, key, summarizeErrors="false")
+        out[f"{name}:allocate-replay"] = api.write("PUT", path, allocations, key, summarizeErrors="false")
+        out[f"{name}:one"] = api.get(f"{name}/{cash[id_field]}")
+        out[f"{name}:target"] = api.get(f"Invoices/{target['InvoiceID']}")
+    note = next(
+        c for c in box.all(tenant, "CreditNotes") if c["Status"] == "AUTHORISED" and Decimal(c["RemainingCredit"]) > 2
+    )
+    out["CreditNotes:one"] = api.get(f"CreditNotes/{note['CreditNoteID']}")
+
+    box.set_lock_dates(tenant, period_lock_date=date(2024, 4, 30))
+    invoice = next(
+        i
+        for i in box.all(tenant, "Invoices")
+        if i["Type"] == "ACCREC" and i["Status"] == "AUTHORISED" and Decimal(i["AmountDue"]) > 10
+    )
+    locked_payments = [
+        {"Invoice": {"InvoiceID": invoice["InvoiceID"]}, "Account": {"Code": "091"}, "Amount": 1, "Date": day}
+        for day in ("2024-04-30", "2024-05-01")
+    ]
+    out["Payments:locked"] = api.write("PUT", "Payments", {"Payments": locked_payments}, summarizeErrors="false")
+    transfer = {"FromBankAccount": {"Code": "091"}, "ToBankAccount": {"Code": "090"}, "Amount": 2}
+    out["BankTransfers:locked"] = api.write(
+        "PUT", "BankTransfers", {"BankTransfers": [{**transfer, "Date": "2024-04-01", "Reference": "po_locked"}]}
+    )
+    out["BankTransfers:unlocked"] = api.write(
+        "PUT", "BankTransfers", {"BankTransfers": [{**transfer, "Date": "2024-05-01", "Reference": "po_open"}]}
+    )
+    owed = box.put(
+        tenant,
+        "Invoices",
+        {
+            "Type": "ACCREC",
+            "Contact": {"ContactID": note["Contact"]["ContactID"]},
+            "CurrencyCode": note["CurrencyCode"],
+            "Status": "AUTHORISED",
+            "LineItems": [{"Description": "x", "Quantity": 1, "UnitAmount": 50, "AccountCode": "200"}],
+        },
+    )
+    out["CreditNotes:allocate-locked"] = api.write(
+        "PUT",
+        f"CreditNotes/{note['CreditNoteID']}/Allocations",
+        {"Allocations": [{"Invoice": {"InvoiceID": owed["InvoiceID"]}, "Amount": 1, "Date": "2024-04-30"}]},
+        summarizeErrors="false",
+    )
+    box.set_lock_dates(tenant)
+
+    either = (invoice["InvoiceID"], owed["InvoiceID"])  # the second has no payment
+    out["Payments:by-invoice"] = api.get(
+        "Payments", page=1, pageSize=1000, where=" || ".join(f'Invoice.InvoiceID==Guid("{i}")' for i in either)
+    )
+    out["BankTransactions:by-date"] = api.get(
+        "BankTransactions", page=1, pageSize=1000, where='Type=="SPEND" && Date>=DateTime(2024,05,01)'
+    )
+    out["BankTransfers:by-reference"] = api.get(
+        "BankTransfers", where='Reference=="po_open" || Reference=="po_locked"', includeDeleted="true"
+    )
 
 
 # --- every exchange against the spec ----------------------------------------------------------------
@@ -537,6 +623,56 @@ def test_query_errors_and_not_found_answer_as_xero(session: tuple[XeroSandbox, d
     missing = out["Invoices:missing"]
     assert missing.status_code == 404
     assert load(missing)["Status"] == 404
+
+
+def test_allocations_of_every_parent_reduce_both_sides_and_refuse_with_xeros_message(
+    session: tuple[XeroSandbox, dict[str, Any]],
+) -> None:
+    _, out = session
+    for name, label in (("Overpayments", "Overpayment"), ("Prepayments", "Prepayment")):
+        answer = out[f"{name}:allocate"]
+        assert answer.status_code == 200, answer.text
+        done, refused = load(answer)["Allocations"]
+        assert UUID.match(done["AllocationID"]) and done["Amount"] == Decimal("1.00")
+        assert refused["ValidationErrors"] == [
+            {"Message": f"{label} cannot be allocated as amount is greater than amount outstanding"},
+            {"Message": "The amount allocated is greater than the amount due on the invoice"},
+        ]
+        assert load(out[f"{name}:allocate-replay"]) == load(answer), "the Idempotency-Key replays the first answer"
+        parent = load(out[f"{name}:one"])[name][0]
+        assert [a["AllocationID"] for a in parent["Allocations"]][-1] == done["AllocationID"]
+        target = load(out[f"{name}:target"])["Invoices"][0]
+        assert (target["AmountDue"], target["AmountPaid"]) == (Decimal("49.00"), Decimal("1.00")), "applied once"
+
+
+def test_lock_dates_refuse_writes_on_or_before_them_with_xeros_message(
+    session: tuple[XeroSandbox, dict[str, Any]],
+) -> None:
+    """Xero's message (waynerobinson/xeroizer#92): ``The document date cannot be before the period lock date,
+    currently set at 30-Nov-2018``; Xero refuses a document dated on the lock date too."""
+    _, out = session
+    message = "The document date cannot be before the period lock date, currently set at 30-Apr-2024"
+    locked, open_ = load(out["Payments:locked"])["Payments"]
+    assert locked["ValidationErrors"] == [{"Message": message}] and open_["StatusAttributeString"] == "OK"
+    refused = out["BankTransfers:locked"]
+    assert refused.status_code == 400
+    assert load(refused)["Elements"][0]["ValidationErrors"] == [{"Message": message}]
+    assert out["BankTransfers:unlocked"].status_code == 200
+    [allocation] = load(out["CreditNotes:allocate-locked"])["Allocations"]
+    assert allocation["ValidationErrors"] == [{"Message": message}]
+
+
+def test_where_finds_what_write_back_looks_up(session: tuple[XeroSandbox, dict[str, Any]]) -> None:
+    _, out = session
+    _, open_ = load(out["Payments:locked"])["Payments"]
+    found = load(out["Payments:by-invoice"])["Payments"]
+    assert open_["PaymentID"] in {p["PaymentID"] for p in found}
+    assert {p["Invoice"]["InvoiceID"] for p in found} == {open_["Invoice"]["InvoiceID"]}
+    spend = load(out["BankTransactions:by-date"])["BankTransactions"]
+    assert spend and {t["Type"] for t in spend} == {"SPEND"}
+    assert all((parse_ms_date(t["Date"]) or 0) >= 1714521600000 for t in spend), "on or after 2024-05-01"
+    transfers = load(out["BankTransfers:by-reference"])["BankTransfers"]
+    assert [t["Reference"] for t in transfers] == ["po_open"], "the refused transfer was never stored"
 
 
 # --- recorded headers ------------------------------------------------------------------------------

@@ -1,14 +1,15 @@
 """Xero pulled end to end: the connector over real HTTP against the sandbox, on both stores.
 
 Every request the connector sends, and every answer, is validated against
-Xero's own OpenAPI spec when each test ends.
+Xero's own OpenAPI spec when each test ends. Writing (the ledger writer) is
+tested in ``test_xero_writer.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import sqlalchemy as sa
 from arsync.bootstrap import App, bootstrap
 from arsync.sandboxes import authorise
 from arsync.status import connection_status
-from connectors.base import Entity, Posting
+from connectors.base import Entity
 from connectors.xero.client import XeroSource
 from connectors.xero.sandbox import XeroSandbox
 from connectors.xero.seed import mutate_some, seed_organisation
@@ -221,78 +222,6 @@ def test_server_faults_are_retried(env: Env, fault: str) -> None:
     summary = env.sync()
     assert summary.status == "ok", summary.error
     env.assert_converged()
-
-
-def test_writes_batch_fifty_with_idempotency_and_partial_success(env: Env) -> None:
-    env.sync()
-    open_invoices = [o for o in env.source_invoices().values() if o["Status"] == "AUTHORISED" and o["AmountDue"] > 0]
-    postings = [
-        Posting(
-            key=f"payment:acme:{o['InvoiceID']}:1",
-            kind="payment",
-            payload={
-                "invoice_external_id": o["InvoiceID"],
-                "account_code": "091",
-                "amount": Decimal(str(o["AmountDue"])),
-                "date": date(2026, 11, 20),
-            },
-        )
-        for o in open_invoices[:60]
-    ]
-    bad = Posting(
-        "payment:acme:bad:1",
-        "payment",
-        {
-            "invoice_external_id": open_invoices[60]["InvoiceID"],
-            "account_code": "091",
-            "amount": Decimal(str(open_invoices[60]["AmountDue"])) + Decimal("1000"),
-            "date": date(2026, 11, 20),
-        },
-    )
-    source = env.source()
-    before = source.api_calls()
-    results = source.post([*postings, bad])
-    assert source.api_calls() - before == 2  # 61 payments: 50 + 11
-    assert [r.ok for r in results] == [True] * 60 + [False]
-    assert results[-1].reason
-    for o in open_invoices[:60]:
-        assert env.sandbox.get(env.tenant, "Invoices", o["InvoiceID"])["Status"] == "PAID"
-    payments = len(env.sandbox.all(env.tenant, "Payments"))
-    again = source.post(postings[:50])  # the same batch again: the same Idempotency-Key, applied once
-    assert all(r.ok for r in again)
-    assert len(env.sandbox.all(env.tenant, "Payments")) == payments
-
-
-def test_fee_and_payout_postings(env: Env) -> None:
-    source = env.source()
-    results = source.post(
-        [
-            Posting(
-                "fee:acme:po_1",
-                "fee",
-                {
-                    "bank_account_code": "091",
-                    "expense_account_code": "404",
-                    "amount": Decimal("12.34"),
-                    "date": date(2026, 11, 20),
-                },
-            ),
-            Posting(
-                "payout:acme:po_1",
-                "payout",
-                {
-                    "from_account_code": "091",
-                    "to_account_code": "090",
-                    "amount": Decimal("987.66"),
-                    "date": date(2026, 11, 21),
-                    "reference": "po_1",
-                },
-            ),
-        ]
-    )
-    assert [r.ok for r in results] == [True, True], results
-    transfers = env.sandbox.all(env.tenant, "BankTransfers")
-    assert Decimal(str(transfers[0]["Amount"])) == Decimal("987.66") and transfers[0]["Reference"] == "po_1"
 
 
 def test_backfill_rereads_a_window_without_moving_the_cursor(env: Env) -> None:

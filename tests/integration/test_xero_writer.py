@@ -1,0 +1,447 @@
+"""The Xero ledger writer against the sandbox over real HTTP: post, refusals, and outcomes left unknown.
+
+``XeroSource.post`` and ``find_posted`` are driven exactly as write-back drives them; the sandbox is started
+here and every request the writer sends, with every answer, is validated against Xero's OpenAPI spec when
+each test ends. Time is a fake clock: the transport's back-off moves it, nothing sleeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from connectors.base import OAuthTokens, Posting, PostingKind, RetriableError
+from connectors.xero.client import XeroSettings, XeroSource
+from connectors.xero.sandbox import DEFAULT_SCOPE, XeroSandbox, parse_ms_date
+from tests.support import FakeClock
+from tests.xero_spec import validate_exchanges
+
+TODAY = date(2026, 11, 20)
+LOCKED = date(2026, 10, 31)
+PERIOD_LOCKED = "The document date cannot be before the period lock date, currently set at 31-Oct-2026"
+OVER_ALLOCATED = "Credit Note cannot be allocated as amount is greater than amount outstanding"
+
+
+class MemoryTokens:
+    """A TokenStore for one process."""
+
+    def __init__(self, tokens: OAuthTokens) -> None:
+        self.tokens = tokens
+
+    def load(self) -> OAuthTokens | None:
+        return self.tokens
+
+    def save(self, tokens: OAuthTokens) -> None:
+        self.tokens = tokens
+
+    def refresh_locked(self, stale: OAuthTokens | None, refresh: Callable[[OAuthTokens], OAuthTokens]) -> OAuthTokens:
+        if stale is not None and stale.access_token != self.tokens.access_token:
+            return self.tokens
+        self.tokens = refresh(self.tokens)
+        return self.tokens
+
+    def mark_needs_reauth(self, reason: str) -> None:
+        raise AssertionError(reason)
+
+
+@dataclass
+class Env:
+    sandbox: XeroSandbox
+    clock: FakeClock
+    tenant: str
+    source: XeroSource
+    customer: str
+
+    def invoice(self, total: str, **extra: Any) -> str:
+        created = self.sandbox.put(
+            self.tenant,
+            "Invoices",
+            {
+                "Type": "ACCREC",
+                "Contact": {"ContactID": self.customer},
+                "Status": "AUTHORISED",
+                "Date": "2026-10-01",
+                "DueDate": "2026-10-31",
+                "LineItems": [{"Description": "Services", "Quantity": 1, "UnitAmount": Decimal(total)}],
+                **extra,
+            },
+        )
+        return str(created["InvoiceID"])
+
+    def credit_note(self, total: str) -> str:
+        created = self.sandbox.put(
+            self.tenant,
+            "CreditNotes",
+            {
+                "Type": "ACCRECCREDIT",
+                "Contact": {"ContactID": self.customer},
+                "Status": "AUTHORISED",
+                "Date": "2026-10-15",
+                "LineItems": [{"Description": "Credit", "Quantity": 1, "UnitAmount": Decimal(total)}],
+            },
+        )
+        return str(created["CreditNoteID"])
+
+    def cash(self, kind: str, total: str) -> str:
+        """Unapplied cash: an overpayment or a prepayment received into the bank."""
+        created = self.sandbox.put(
+            self.tenant,
+            "BankTransactions",
+            {
+                "Type": f"RECEIVE-{kind.upper()}",
+                "Contact": {"ContactID": self.customer},
+                "BankAccount": {"Code": "090"},
+                "Date": "2026-10-20",
+                "LineItems": [{"Description": "Received in advance", "LineAmount": Decimal(total)}],
+            },
+        )
+        return str(created["OverpaymentID" if kind == "overpayment" else "PrepaymentID"])
+
+    def row(self, collection: str, ident: str) -> dict[str, Any]:
+        found = self.sandbox.get(self.tenant, collection, ident)
+        assert found is not None, (collection, ident)
+        return found
+
+    def due(self, invoice: str) -> Decimal:
+        return Decimal(self.row("Invoices", invoice)["AmountDue"])
+
+    def by_reference(self, collection: str) -> dict[str, dict[str, Any]]:
+        return {str(o["Reference"]): o for o in self.sandbox.all(self.tenant, collection)}
+
+    def calls(self, action: Callable[[], Any]) -> int:
+        before = self.source.api_calls()
+        action()
+        return self.source.api_calls() - before
+
+    def lose_answers(self, path: str) -> None:
+        """Xero applies the next calls to ``path`` but every answer is lost, through all the transport's attempts."""
+        self.sandbox.inject("drop_after", times=self.source.transport.max_attempts, path_contains=path)
+
+
+@pytest.fixture
+def env(clock: FakeClock) -> Iterator[Env]:
+    sandbox = XeroSandbox(clock)
+    sandbox.start()
+    try:
+        tenant = sandbox.tenant_ids[0]
+        issued = sandbox.issue_tokens()
+        tokens = OAuthTokens(
+            access_token=issued["access_token"],
+            refresh_token=issued["refresh_token"],
+            access_expires_at=clock() + timedelta(seconds=int(issued["expires_in"])),
+            account_id=tenant,
+        )
+        settings = XeroSettings(
+            connection="acme-xero",
+            client_id=sandbox.client_id,
+            client_secret=sandbox.client_secret,
+            redirect_uri="http://127.0.0.1/callback",
+            api_base=sandbox.api_base,
+            identity_base=sandbox.identity_base,
+            token_url=sandbox.token_url,
+            authorize_url=sandbox.authorize_url,
+            scopes=tuple(DEFAULT_SCOPE.split()),
+            tenant_id=tenant,
+        )
+        source = XeroSource(settings, MemoryTokens(tokens), clock, clock.sleep)
+        customer = sandbox.put(tenant, "Contacts", {"Name": "Acme Plumbing", "IsCustomer": True})["ContactID"]
+        yield Env(sandbox, clock, tenant, source, str(customer))
+        exchanges = list(sandbox.requests_and_responses)
+        assert exchanges, "the writer sent nothing"
+        assert validate_exchanges(exchanges) == len(exchanges)
+        assert sandbox.server_errors == []
+    finally:
+        sandbox.stop()
+
+
+def payment(key: str, invoice: str, amount: str, day: date = TODAY, **extra: Any) -> Posting:
+    payload = {
+        "invoice_external_id": invoice,
+        "customer_external_id": None,
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "date": day,
+        "account": "091",
+        **extra,
+    }
+    return Posting(key, PostingKind.PAYMENT.value, payload)
+
+
+def fee(key: str, amount: str, day: date = TODAY) -> Posting:
+    payload = {
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "date": day,
+        "from_account": "091",
+        "expense_account": "404",
+        "description": "Card processing fees",
+        "contact_name": "Stripe",
+    }
+    return Posting(key, PostingKind.FEE.value, payload)
+
+
+def payout(key: str, amount: str, reference: str, day: date = TODAY) -> Posting:
+    payload = {
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "date": day,
+        "from_account": "091",
+        "to_account": "090",
+        "reference": reference,
+    }
+    return Posting(key, PostingKind.PAYOUT.value, payload)
+
+
+def credit(
+    key: str, source: str, source_id: str, invoice: str, amount: str, day: date = TODAY, **extra: Any
+) -> Posting:
+    payload = {
+        "invoice_external_id": invoice,
+        "customer_external_id": None,
+        "source": source,
+        "source_id": source_id,
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "date": day,
+        "reference": key,
+        **extra,
+    }
+    return Posting(key, PostingKind.CREDIT_APPLICATION.value, payload)
+
+
+def wire_day(value: str) -> date:
+    ms = parse_ms_date(value)
+    assert ms is not None, value
+    return date(1970, 1, 1) + timedelta(milliseconds=ms)
+
+
+# --- posting ---------------------------------------------------------------------------------------------
+
+
+def test_sixty_one_payments_take_two_calls_and_land_to_the_cent(env: Env) -> None:
+    invoices = [env.invoice(f"{100 + i}.37") for i in range(61)]
+    paid = [Decimal(f"{100 + i}.37") - Decimal(i) / 100 for i in range(61)]
+    postings = [payment(f"payment:acme:{inv}:1", inv, str(amount)) for inv, amount in zip(invoices, paid, strict=True)]
+    results: list[Any] = []
+    assert env.calls(lambda: results.extend(env.source.post(postings))) == 2  # 50 + 11
+    assert [r.key for r in results] == [p.key for p in postings]
+    assert all(r.ok and r.external_id for r in results), [r for r in results if not r.ok]
+    payments = env.by_reference("Payments")
+    for i, (posting, result) in enumerate(zip(postings, results, strict=True)):
+        made = payments[posting.key]  # the reference carries the key
+        assert made["PaymentID"] == result.external_id
+        assert Decimal(made["Amount"]) == paid[i]
+        assert made["Account"]["Code"] == "091" and wire_day(made["Date"]) == TODAY
+        assert env.due(invoices[i]) == Decimal(i) / 100
+    assert env.row("Invoices", invoices[0])["Status"] == "PAID"
+    again = env.source.post(postings[:50])  # the same batch: the same Idempotency-Key, applied once
+    assert [r.external_id for r in again] == [r.external_id for r in results[:50]]
+    assert env.sandbox.count(env.tenant, "Payments") == 61
+
+
+def test_fee_and_payout_land_with_their_accounts_and_exact_amounts(env: Env) -> None:
+    results = env.source.post([fee("fee:acme:txn_1", "12.34"), payout("payout:acme:po_1", "987.66", "po_1")])
+    assert [r.ok for r in results] == [True, True], results
+    spend = env.by_reference("BankTransactions")["fee:acme:txn_1"]  # reference: the posting key by default
+    assert spend["BankTransactionID"] == results[0].external_id
+    assert (spend["Type"], spend["BankAccount"]["Code"], spend["Contact"]["Name"]) == ("SPEND", "091", "Stripe")
+    assert Decimal(spend["Total"]) == Decimal("12.34") and wire_day(spend["Date"]) == TODAY
+    line = spend["LineItems"][0]
+    assert (line["AccountCode"], Decimal(line["UnitAmount"]), line["Description"]) == (
+        "404",
+        Decimal("12.34"),
+        "Card processing fees",
+    )
+    transfer = env.by_reference("BankTransfers")["po_1"]
+    assert transfer["BankTransferID"] == results[1].external_id
+    assert (transfer["FromBankAccount"]["Code"], transfer["ToBankAccount"]["Code"]) == ("091", "090")
+    assert Decimal(transfer["Amount"]) == Decimal("987.66") and wire_day(transfer["Date"]) == TODAY
+
+
+def test_credit_note_allocations_reduce_exactly_with_one_call_per_credit_note(env: Env) -> None:
+    x, y = env.invoice("100.00"), env.invoice("30.00")
+    a, b = env.credit_note("40.00"), env.credit_note("15.50")
+    postings = [
+        credit("apply:1", "credit_note", a, x, "25.00"),
+        credit("apply:2", "credit_note", b, x, "15.50"),
+        credit("apply:3", "credit_note", a, y, "10.00"),
+    ]
+    results: list[Any] = []
+    assert env.calls(lambda: results.extend(env.source.post(postings))) == 2  # one parent per call
+    assert [r.key for r in results] == ["apply:1", "apply:2", "apply:3"]
+    assert all(r.ok for r in results), results
+    note_a, note_b = env.row("CreditNotes", a), env.row("CreditNotes", b)
+    assert Decimal(note_a["RemainingCredit"]) == Decimal("5.00") and note_a["Status"] == "AUTHORISED"
+    assert Decimal(note_b["RemainingCredit"]) == Decimal("0.00") and note_b["Status"] == "PAID"
+    assert {alloc["AllocationID"] for alloc in note_a["Allocations"]} == {
+        results[0].external_id,
+        results[2].external_id,
+    }
+    assert (env.due(x), Decimal(env.row("Invoices", x)["AmountCredited"])) == (Decimal("59.50"), Decimal("40.50"))
+    assert env.due(y) == Decimal("20.00")
+
+
+def test_overpayment_and_prepayment_allocations_reduce_exactly(env: Env) -> None:
+    x = env.invoice("100.00")
+    over, pre = env.cash("overpayment", "60.00"), env.cash("prepayment", "35.00")
+    results = env.source.post(
+        [
+            credit("apply:over", "payment", over, x, "60.00", source_kind="overpayment"),
+            credit("apply:pre", "payment", pre, x, "20.00"),  # no source_kind: looked up in Xero
+            credit("apply:plain", "payment", over, x, "1.00", source_kind="payment"),
+        ]
+    )
+    assert [r.ok for r in results] == [True, True, False], results
+    assert results[2].retry is False and "overpayment or a prepayment" in (results[2].reason or "")
+    overpayment, prepayment = env.row("Overpayments", over), env.row("Prepayments", pre)
+    assert (Decimal(overpayment["RemainingCredit"]), overpayment["Status"]) == (Decimal("0.00"), "PAID")
+    assert (Decimal(prepayment["RemainingCredit"]), prepayment["Status"]) == (Decimal("15.00"), "AUTHORISED")
+    assert results[1].external_id == prepayment["Allocations"][0]["AllocationID"]
+    invoice = env.row("Invoices", x)
+    assert (Decimal(invoice["AmountDue"]), Decimal(invoice["AmountPaid"])) == (Decimal("20.00"), Decimal("80.00"))
+    assert any("/Overpayments/" in e.url and "/Allocations?" in e.url for e in env.sandbox.requests_and_responses)
+    assert any("/Prepayments/" in e.url and "/Allocations?" in e.url for e in env.sandbox.requests_and_responses)
+
+
+# --- refusals: parked with Xero's message, the rest of the batch applied ---------------------------------
+
+
+def test_refused_items_are_parked_with_xeros_message_and_the_rest_is_applied(env: Env) -> None:
+    env.sandbox.set_lock_dates(env.tenant, period_lock_date=LOCKED)
+    good, locked, small, voided, good_too = (
+        env.invoice(total) for total in ("50.00", "50.00", "5.00", "9.00", "70.00")
+    )
+    env.sandbox.void(env.tenant, voided)
+    note, old_note = env.credit_note("40.00"), env.credit_note("10.00")
+    open_x, open_y = env.invoice("100.00"), env.invoice("100.00")
+    postings = [
+        payment("pay:good", good, "50.00"),
+        payment("pay:locked", locked, "50.00", day=LOCKED),  # on the lock date: refused
+        payment("pay:over", small, "5.01"),
+        payment("pay:voided", voided, "9.00"),
+        payment("pay:good-too", good_too, "20.00", day=LOCKED + timedelta(days=1)),
+        fee("fee:good", "3.10"),
+        fee("fee:locked", "2.90", day=LOCKED - timedelta(days=30)),
+        payout("payout:locked", "100.00", "po_locked", day=LOCKED),
+        payout("payout:good", "250.00", "po_good"),
+        credit("apply:good", "credit_note", note, open_x, "30.00"),
+        credit("apply:over", "credit_note", note, open_y, "20.00"),  # only 10.00 left on the credit note
+        credit("apply:locked", "credit_note", old_note, open_y, "10.00", day=LOCKED),
+    ]
+    results = {r.key: r for r in env.source.post(postings)}
+    assert {k for k, r in results.items() if r.ok} == {
+        "pay:good",
+        "pay:good-too",
+        "fee:good",
+        "payout:good",
+        "apply:good",
+    }
+    expected = {
+        "pay:locked": PERIOD_LOCKED,
+        "pay:over": "Payment amount exceeds the amount outstanding on this document",
+        "pay:voided": "Payments can only be made against Authorised documents",
+        "fee:locked": PERIOD_LOCKED,
+        "payout:locked": PERIOD_LOCKED,
+        "apply:over": OVER_ALLOCATED,
+        "apply:locked": PERIOD_LOCKED,
+    }
+    for key, message in expected.items():
+        assert results[key].retry is False, key
+        assert results[key].reason == message, (key, results[key].reason)
+    # The refused left nothing behind; the rest is in the books.
+    assert (env.due(good), env.due(locked), env.due(small), env.due(good_too)) == (
+        Decimal("0.00"),
+        Decimal("50.00"),
+        Decimal("5.00"),
+        Decimal("50.00"),
+    )
+    assert set(env.by_reference("Payments")) == {"pay:good", "pay:good-too"}
+    assert set(env.by_reference("BankTransactions")) >= {"fee:good"}
+    assert "fee:locked" not in env.by_reference("BankTransactions")
+    assert set(env.by_reference("BankTransfers")) == {"po_good"}
+    # PUT /BankTransfers takes no summarizeErrors: Xero refused that batch whole, the good one went again alone.
+    transfers = [
+        e.status for e in env.sandbox.requests_and_responses if e.method == "PUT" and "/BankTransfers" in e.url
+    ]
+    assert transfers == [400, 200]
+    assert Decimal(env.row("CreditNotes", note)["RemainingCredit"]) == Decimal("10.00")
+    assert Decimal(env.row("CreditNotes", old_note)["RemainingCredit"]) == Decimal("10.00")
+    assert (env.due(open_x), env.due(open_y)) == (Decimal("70.00"), Decimal("100.00"))
+
+
+def test_the_locked_period_refusal_is_xeros_exact_message_for_both_lock_dates(env: Env) -> None:
+    env.sandbox.set_lock_dates(env.tenant, period_lock_date=LOCKED, end_of_year_lock_date=date(2026, 6, 30))
+    inv = env.invoice("10.00")
+    [result] = env.source.post([payment("pay:june", inv, "10.00", day=date(2026, 6, 30))])
+    assert (result.ok, result.retry) == (False, False)
+    assert result.reason == (
+        f"{PERIOD_LOCKED}; The document date cannot be before the end of year lock date, currently set at 30-Jun-2026"
+    )
+    env.sandbox.set_lock_dates(env.tenant)  # a person unlocks the period
+    [replayed] = env.source.post([payment("pay:june", inv, "10.00", day=date(2026, 6, 30))])
+    assert replayed == result, "the same postings make the same Idempotency-Key: Xero replays its first answer"
+    [again] = env.source.post([payment("pay:june", inv, "10.00", day=date(2026, 7, 1))])  # corrected: another key
+    assert again.ok and env.due(inv) == Decimal("0.00")
+
+
+# --- outcomes left unknown --------------------------------------------------------------------------------
+
+
+def test_a_lost_answer_raises_then_find_posted_finds_every_key_and_nothing_posts_twice(env: Env) -> None:
+    invoices = [env.invoice(f"{20 + i}.00") for i in range(61)]
+    postings = [payment(f"payment:acme:{inv}:1", inv, f"{20 + i}.00") for i, inv in enumerate(invoices)]
+    env.lose_answers("/Payments")
+    with pytest.raises(RetriableError):
+        env.source.post(postings)
+    assert env.sandbox.count(env.tenant, "Payments") == 50, "the first batch was applied once, whatever the retries"
+    found = env.source.find_posted(postings)
+    made = env.by_reference("Payments")
+    assert found == {p.key: made[p.key]["PaymentID"] for p in postings[:50]}
+    missing = [p for p in postings if p.key not in found]
+    assert len(missing) == 11
+    assert all(r.ok for r in env.source.post(missing))
+    assert env.sandbox.count(env.tenant, "Payments") == 61
+    assert all(env.due(inv) == Decimal("0.00") for inv in invoices)
+    assert set(env.source.find_posted(postings)) == {p.key for p in postings}
+
+
+@pytest.mark.parametrize("kind", ["fee", "payout", "credit_note", "overpayment"])
+def test_lost_answers_of_every_kind_are_found_by_find_posted(env: Env, kind: str) -> None:
+    inv = env.invoice("100.00")
+    if kind == "fee":
+        posting, path, other = fee("fee:acme:1", "4.20"), "/BankTransactions", fee("fee:acme:2", "4.20")
+    elif kind == "payout":
+        posting, path = payout("payout:acme:po_9", "400.00", "po_9"), "/BankTransfers"
+        other = payout("payout:acme:po_10", "400.00", "po_10")
+    elif kind == "credit_note":
+        note = env.credit_note("50.00")
+        env.sandbox.allocate(env.tenant, "CreditNotes", note, inv, Decimal("5.00"), on=TODAY)  # not ours
+        posting, path = credit("apply:1", "credit_note", note, inv, "12.00"), "/Allocations"
+        other = credit("apply:2", "credit_note", note, inv, "13.00")
+    else:
+        cash = env.cash("overpayment", "50.00")
+        posting = credit("apply:1", "payment", cash, inv, "12.00", source_kind="overpayment")
+        path, other = "/Allocations", credit("apply:2", "payment", cash, inv, "12.00", source_kind="overpayment")
+    env.lose_answers(path)
+    with pytest.raises(RetriableError):
+        env.source.post([posting])
+    before = env.due(inv), env.sandbox.count(env.tenant, "BankTransactions")
+    found = env.source.find_posted([posting, other])
+    assert list(found) == [posting.key], "found once; the one never sent is not found"
+    if kind in ("credit_note", "overpayment"):
+        collection = "CreditNotes" if kind == "credit_note" else "Overpayments"
+        parent = env.row(collection, str(posting.payload["source_id"]))
+        ours = [a for a in parent["Allocations"] if Decimal(a["Amount"]) == Decimal("12.00")]
+        assert [a["AllocationID"] for a in ours] == [found[posting.key]]
+    [result] = env.source.post([other])  # the one never sent goes through; the found one is not sent again
+    assert result.ok
+    assert env.source.find_posted([posting, other]).keys() == {posting.key, other.key}
+    if kind == "fee":
+        assert env.sandbox.count(env.tenant, "BankTransactions") == before[1] + 1
+    if kind in ("credit_note", "overpayment"):
+        assert env.due(inv) == before[0] - Decimal(str(other.payload["amount"]))
