@@ -10,7 +10,7 @@ leaves this package.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +21,7 @@ from intuitlib.enums import Scopes
 from intuitlib.exceptions import AuthClientError
 from quickbooks import QuickBooks
 
+from connectors import jsonwire
 from connectors.base import (
     Actor,
     Clock,
@@ -28,6 +29,8 @@ from connectors.base import (
     FatalError,
     OAuthTokens,
     Page,
+    Posting,
+    PostingResult,
     ReauthRequiredError,
     RetriableError,
     Sleeper,
@@ -44,6 +47,7 @@ from connectors.quickbooks.mapping import (
     map_cdc_response,
     map_query_response,
 )
+from connectors.quickbooks.writer import BatchWriter
 
 PAGE_SIZE = 1000
 """QuickBooks' MAXRESULTS and its per-entity CDC cap."""
@@ -69,6 +73,8 @@ class QuickBooksSettings:
     per_second: int = 10
     per_minute: int = 500
     concurrent: int = 10
+    batches_per_minute: int = 40
+    """``/batch`` requests per minute per realm (Intuit: 40), on top of the per-second and per-minute limits."""
     home_currency: str = "USD"
     entities: tuple[Entity, ...] = (Entity.CUSTOMER, Entity.INVOICE, Entity.PAYMENT, Entity.CREDIT_NOTE)
 
@@ -156,7 +162,7 @@ class QuickBooksAuth:
 
 
 class QuickBooksSource:
-    """A ``RecordSource`` over one QuickBooks Online company (realm)."""
+    """A ``RecordSource`` and a ``LedgerWriter`` over one QuickBooks Online company (realm)."""
 
     change_horizon_days = CDC_HORIZON_DAYS
 
@@ -182,34 +188,56 @@ class QuickBooksSource:
             per_minute=settings.per_minute,
             concurrent=settings.concurrent,
         )
-        self.transport = HttpTransport(
+        self.transport = self._transport(budget, clock, sleeper)
+        # /batch calls go through a transport of their own whose budget (40 a minute) takes the realm's
+        # budget after its own, so every attempt, retries included, counts against both.
+        batches = RateBudget(clock, sleeper, per_minute=settings.batches_per_minute, parent=budget)
+        self.batch_transport = self._transport(batches, clock, sleeper)
+        self._sdk: QuickBooks | None = None
+        self._batch_sdk: QuickBooks | None = None
+        self.writer = BatchWriter(settings.connection, self._query, self._send_batch)
+
+    def _transport(self, budget: RateBudget, clock: Clock, sleeper: Sleeper) -> HttpTransport:
+        transport = HttpTransport(
             classifier=make_classifier(clock),
             budget=budget,
             clock=clock,
             sleeper=sleeper,
-            timeout=(10.0, settings.timeout),
+            timeout=(10.0, self.settings.timeout),
             authorize=self.bearer.authorization,
             refresh=self.bearer.refresh,
         )
-        self.transport.headers["Accept"] = "application/json"
-        self._sdk: QuickBooks | None = None
+        transport.headers["Accept"] = "application/json"
+        return transport
 
     # --- the SDK ---------------------------------------------------------------
 
+    def _new_sdk(self, transport: HttpTransport) -> QuickBooks:
+        realm = self.settings.realm_id or self.bearer.load().account_id
+        if not realm:
+            raise ReauthRequiredError(f"{self.connection}: no realm id: run `arsync connect {self.connection}`")
+        sdk = QuickBooks(company_id=realm, minorversion=self.settings.minor_version, use_decimal=True)
+        sdk.session = transport
+        sdk.sandbox = False
+        sdk.api_url_v3 = self.settings.api_base.rstrip("/")
+        return sdk
+
     def _client(self) -> QuickBooks:
         if self._sdk is None:
-            realm = self.settings.realm_id or self.bearer.load().account_id
-            if not realm:
-                raise ReauthRequiredError(f"{self.connection}: no realm id: run `arsync connect {self.connection}`")
-            sdk = QuickBooks(company_id=realm, minorversion=self.settings.minor_version, use_decimal=True)
-            sdk.session = self.transport
-            sdk.sandbox = False
-            sdk.api_url_v3 = self.settings.api_base.rstrip("/")
-            self._sdk = sdk
+            self._sdk = self._new_sdk(self.transport)
         return self._sdk
 
     def _query(self, statement: str) -> dict[str, Any]:
         result: dict[str, Any] = self._client().query(statement)
+        return result
+
+    def _send_batch(self, body: Mapping[str, Any], request_id: str) -> dict[str, Any]:
+        """POST ``/batch?requestid=…`` through the SDK (its ``batch_operation`` cannot carry a requestid)."""
+        if self._batch_sdk is None:
+            self._batch_sdk = self._new_sdk(self.batch_transport)
+        sdk = self._batch_sdk
+        url = f"{sdk.api_url}/company/{sdk.company_id}/batch"
+        result: dict[str, Any] = sdk.make_request("POST", url, request_body=jsonwire.dumps(body), request_id=request_id)
         return result
 
     # --- RecordSource ----------------------------------------------------------
@@ -270,4 +298,19 @@ class QuickBooksSource:
                 return
 
     def api_calls(self) -> int:
-        return self.transport.stats.requests
+        return self.transport.stats.requests + self.batch_transport.stats.requests
+
+    # --- LedgerWriter ----------------------------------------------------------
+
+    def post(self, postings: Sequence[Posting]) -> list[PostingResult]:
+        """Payments, fees, payouts and credit applications through ``/batch`` (see ``writer.py``).
+
+        One result per posting, in order. An item QuickBooks refuses is ``ok=False``: ``retry`` for a
+        throttle or a system fault, not for validation, a closed period or a deleted invoice. Raises
+        ``RetriableError`` when a whole request's outcome is unknown: the caller then uses :meth:`find_posted`.
+        """
+        return self.writer.post(postings)
+
+    def find_posted(self, postings: Sequence[Posting]) -> dict[str, str]:
+        """Of ``postings``, those already in QuickBooks: key -> Id, by the reference their PrivateNote carries."""
+        return self.writer.find_posted(postings)

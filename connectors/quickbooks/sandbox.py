@@ -11,7 +11,14 @@ Intuit's XSDs and of recorded QBO traffic:
   ``SyncToken`` checks and ``requestid`` idempotency;
 * per-realm rate limits (10/s, 500/min, 10 concurrent, 40 batches/min) that
   answer HTTP 429 with the XML ``ThrottleExceeded`` body even when JSON was
-  asked for, and fault injection for the failure modes a client must survive.
+  asked for, and fault injection for the failure modes a client must survive;
+* what write-back relies on: payments that move invoice balances and credit
+  memos' remaining credit (a zero payment linking both applies a credit memo),
+  purchases and deposits checked against the XSD's properties, account
+  balances (``CurrentBalance``) moved by payments, purchases and deposits, a
+  settable ``closing_date`` (fault 6210 for anything dated on or before it), 610
+  "Another user has deleted this transaction" for a link to a deleted
+  transaction, and ``requestid`` length checks.
 
 Money is ``Decimal`` end to end: request bodies are parsed with
 ``parse_float=Decimal`` and amounts are written as JSON numbers (``250.00``).
@@ -143,6 +150,20 @@ _ALLOWED_PROPS: dict[str, frozenset[str]] = {
         PaymentRefNum PaymentType CheckPayment CreditCardPayment TotalAmt UnappliedAmt
         ProcessPayment PaymentEx PaymentExtendedType"""
     ),
+    "Purchase": _TXN_PROPS
+    | _names(
+        """AccountRef PaymentType EntityRef Credit RemitToAddr TotalAmt IncludeInAnnualTPAR
+        PrintStatus PaymentMethodRef PaymentRefNum GlobalTaxCalculation CheckPayment
+        CreditCardPayment LessCIS Memo PurchaseEx"""
+    ),
+    "Deposit": _TXN_PROPS | _names("DepositToAccountRef CashBack GlobalTaxCalculation TotalAmt HomeTotalAmt DepositEx"),
+    "Account": _COMMON_PROPS
+    | _names(
+        """Name SubAccount ParentRef Description FullyQualifiedName AccountAlias TxnLocationType
+        Active Classification AccountType AccountSubType AccountPurposes AcctNum AcctNumExtn
+        BankNum OpeningBalance OpeningBalanceDate CurrentBalance CurrentBalanceWithSubAccounts
+        CurrencyRef TaxAccount TaxCodeRef OnlineBankingEnabled FIName JournalCodeRef AccountEx"""
+    ),
     "Customer": _COMMON_PROPS
     | _names(
         """IntuitId Organization Title GivenName MiddleName FamilyName Suffix
@@ -161,6 +182,13 @@ _ALLOWED_PROPS: dict[str, frozenset[str]] = {
 }
 
 _SERVER_FIELDS = frozenset({"Id", "SyncToken", "MetaData", "domain", "sparse", "status"})
+
+_PURCHASE_TYPES = frozenset({"Cash", "Check", "CreditCard"})
+_PURCHASE_LINES = frozenset({"AccountBasedExpenseLineDetail", "ItemBasedExpenseLineDetail"})
+_BALANCE_SHEET = {"Asset": 1, "Liability": -1, "Equity": -1}
+"""Account.Classification -> the sign a debit moves CurrentBalance by (P&L accounts carry no balance)."""
+REQUEST_ID_MAX = 50
+"""QBO refuses a ``requestid`` (with the item's ``bId`` in front of it, in a batch) longer than this."""
 
 
 # --- JSON with Decimal -------------------------------------------------------
@@ -270,6 +298,35 @@ def _stale() -> SandboxFault:
         "Stale Object Error : You and Sandbox User were working on this at the same time. "
         "Sandbox User finished before you did, so your work was not saved.",
         element="",
+    )
+
+
+def _closed_period() -> SandboxFault:
+    # Intuit, "Fix common QuickBooks Online Accounting API errors" (6210 Account Period Closed); the
+    # Message as QBO sends it in live traffic quoted by integrators.
+    return SandboxFault(
+        "6210",
+        "Account Period Closed, Cannot Update Through Services API",
+        "The account period has closed and the account books cannot be updated through the QBO Services API. "
+        "Please use the QBO website to make these changes.",
+        element="",
+    )
+
+
+def _deleted_txn() -> SandboxFault:
+    # Intuit, "Fix common QuickBooks Online Accounting API errors": 610, variant 2 (a deleted transaction).
+    return SandboxFault(
+        "610",
+        "Object Not Found",
+        "Object Not Found : Another user has deleted this transaction.",
+        element="",
+    )
+
+
+def _long_request_id(value: str) -> SandboxFault:
+    return _business(
+        f"You cannot enter more than {REQUEST_ID_MAX} characters in the request_id field. "
+        f"You tried entering {value}, which is {len(value)} characters."
     )
 
 
@@ -953,6 +1010,7 @@ class QuickBooksSandbox:
         rate_limits: bool = True,
         latency: float = 0.0,
         cdc_horizon_days: int = 30,
+        closing_date: date | None = None,
     ) -> None:
         self.clock: Clock = clock or _utc_now
         self.realm_id = realm_id
@@ -967,6 +1025,9 @@ class QuickBooksSandbox:
         self.rate_limits = rate_limits
         self.latency = latency
         self.cdc_horizon_days = cdc_horizon_days
+        self.closing_date = closing_date
+        """The company's "close the books" date: a transaction dated on or before it cannot be created,
+        changed, voided or deleted through the API (fault 6210). Settable at any time; None: books open."""
 
         self._lock = threading.RLock()
         self._flight = threading.Condition(self._lock)
@@ -975,6 +1036,8 @@ class QuickBooksSandbox:
         self._customer_names: dict[str, str] = {}
         self._address_seq = 1
         self._customer_balance: dict[str, Decimal] = {}
+        self._account_debits: dict[str, Decimal] = {}
+        """Account id -> debits minus credits posted to it by payments, purchases and deposits."""
         self._doc_numbers = {"Invoice": 1001, "CreditMemo": 1001}
         self._access: dict[str, _Access] = {}
         self._refresh: dict[str, _Refresh] = {}
@@ -1291,7 +1354,56 @@ class QuickBooksSandbox:
             balance = self._customer_balance.get(obj["Id"], _ZERO)
             if obj.get("Balance") != balance or obj.get("BalanceWithJobs") != balance:
                 obj = {**obj, "Balance": balance, "BalanceWithJobs": balance}
+        elif entity == "Account":
+            debits = self._account_debits.get(obj["Id"])
+            sign = _BALANCE_SHEET.get(str(obj.get("Classification")), 0)
+            if debits and sign:
+                try:
+                    opening = _money(obj.get("CurrentBalance", 0), "CurrentBalance")
+                except SandboxFault:
+                    opening = _ZERO
+                obj = {**obj, "CurrentBalance": opening + sign * debits}
         return obj
+
+    def _postings(self, entity: str, stored: _Stored | None) -> list[tuple[str, Decimal]]:
+        """``(account id, debit)`` moves of a payment, purchase or deposit (a credit is a negative debit).
+
+        A payment debits its deposit-to account; a purchase credits the account it is paid from and debits
+        its expense lines' accounts; a deposit debits its deposit-to account and credits each line's account
+        (lines carrying a LinkedTxn move undeposited funds, which the sandbox does not track).
+        """
+        if not isinstance(stored, dict) or entity not in ("Payment", "Purchase", "Deposit"):
+            return []
+        moves: list[tuple[str, Decimal]] = []
+
+        def amount(value: Any) -> Decimal:
+            try:
+                return _money(value if value is not None else 0)
+            except SandboxFault:
+                return _ZERO
+
+        total = amount(stored.get("TotalAmt"))
+        if entity == "Payment":
+            account = _ref_value(stored.get("DepositToAccountRef"))
+            if account:
+                moves.append((account, total))
+            return moves
+        head = _ref_value(stored.get("AccountRef" if entity == "Purchase" else "DepositToAccountRef"))
+        if head:
+            moves.append((head, -total if entity == "Purchase" else total))
+        for line in stored.get("Line") or []:
+            if not isinstance(line, dict) or line.get("LinkedTxn"):
+                continue
+            detail = line.get("AccountBasedExpenseLineDetail" if entity == "Purchase" else "DepositLineDetail")
+            account = _ref_value(detail.get("AccountRef")) if isinstance(detail, dict) else None
+            if account:
+                value = amount(line.get("Amount"))
+                moves.append((account, value if entity == "Purchase" else -value))
+        return moves
+
+    def _move_accounts(self, moves: list[tuple[str, Decimal]], sign: int) -> None:
+        for account, debit in moves:
+            self._account_debits[account] = self._account_debits.get(account, _ZERO) + sign * debit
 
     def _contribution(self, entity: str, stored: _Stored | None) -> tuple[str, Decimal] | None:
         """What a document adds to its customer's open balance."""
@@ -1321,6 +1433,9 @@ class QuickBooksSandbox:
         if entity in ("Invoice", "CreditMemo", "Payment"):
             self._shift_balance(self._contribution(entity, old), -1)
             self._shift_balance(self._contribution(entity, obj), 1)
+        if entity in ("Payment", "Purchase", "Deposit"):
+            self._move_accounts(self._postings(entity, old), -1)
+            self._move_accounts(self._postings(entity, obj), 1)
         if entity == "Customer":
             if isinstance(old, dict):
                 self._customer_names.pop(str(old.get("DisplayName", "")).casefold(), None)
@@ -1378,16 +1493,9 @@ class QuickBooksSandbox:
                 body.pop(name, None)
         table = self._tables[entity]
         at = self._epoch()
-        if entity == "Customer":
-            obj = self._build_customer(body, None)
-        elif entity == "Invoice" or entity == "CreditMemo":
-            obj = self._build_sales(entity, body, None)
-        elif entity == "Payment":
-            obj = self._build_payment(body, None)
-        elif entity == "Account":
-            obj = self._build_account(body, None)
-        else:
-            obj = self._build_generic(body, None)
+        if not trusted:
+            self._check_open(entity, body.get("TxnDate") or self._today().isoformat())
+        obj = self._build(entity, body, None)
         self._stamp(obj, trusted=trusted, table=table, at=at)
         ordered = self._order(obj)
         if entity == "Payment":
@@ -1413,16 +1521,10 @@ class QuickBooksSandbox:
             merged.update(incoming)
         else:
             merged = incoming
-        if entity == "Customer":
-            obj = self._build_customer(merged, old)
-        elif entity in ("Invoice", "CreditMemo"):
-            obj = self._build_sales(entity, merged, old)
-        elif entity == "Payment":
-            obj = self._build_payment(merged, old)
-        elif entity == "Account":
-            obj = self._build_account(merged, old)
-        else:
-            obj = self._build_generic(merged, old)
+        if not trusted:
+            self._check_open(entity, old.get("TxnDate"))
+            self._check_open(entity, merged.get("TxnDate"))
+        obj = self._build(entity, merged, old)
         at = self._epoch()
         obj["Id"] = ident
         obj["SyncToken"] = str(int(old["SyncToken"]) + 1)
@@ -1452,6 +1554,8 @@ class QuickBooksSandbox:
             raise _stale()
         if checks and old.get("PrivateNote") == "Voided":
             raise _business("This transaction has already been voided.")
+        if checks:
+            self._check_open(entity, old.get("TxnDate"))
         stamp = at.timestamp() if at is not None else self._epoch()
         obj = dict(old)
         if entity == "Invoice":
@@ -1499,6 +1603,8 @@ class QuickBooksSandbox:
         old = self._current(table, ident)
         if token is not None and str(token) != old["SyncToken"]:
             raise _stale()
+        if checks:
+            self._check_open(entity, old.get("TxnDate"))
         if checks and entity in ("Invoice", "CreditMemo"):
             linked = [
                 link
@@ -1513,6 +1619,7 @@ class QuickBooksSandbox:
             self._apply_links(old, old, None)
         if entity in ("Invoice", "CreditMemo", "Payment"):
             self._shift_balance(self._contribution(entity, table.rows[ident]), -1)
+        self._move_accounts(self._postings(entity, table.rows[ident]), -1)
         stamp = at.timestamp() if at is not None else self._epoch()
         table.remove(ident, int(stamp))
 
@@ -1851,6 +1958,8 @@ class QuickBooksSandbox:
             if stored is None:
                 if delta >= 0:
                     continue  # undoing a link to a document that is gone
+                if txn_id in table.tomb:
+                    raise _deleted_txn()
                 raise _invalid_ref("Line.LinkedTxn.TxnId")
             doc = self._materialize(stored)
             if _ref_value(doc.get("CustomerRef")) != customer:
@@ -1905,6 +2014,73 @@ class QuickBooksSandbox:
         obj["CurrentBalance"] = _money(body.get("CurrentBalance", 0), "CurrentBalance")
         obj.setdefault("CurrencyRef", _currency_ref("USD"))
         return obj
+
+    def _build(self, entity: str, body: JsonObj, old: JsonObj | None) -> JsonObj:
+        if entity == "Customer":
+            return self._build_customer(body, old)
+        if entity in ("Invoice", "CreditMemo"):
+            return self._build_sales(entity, body, old)
+        if entity == "Payment":
+            return self._build_payment(body, old)
+        if entity == "Account":
+            return self._build_account(body, old)
+        if entity == "Purchase":
+            return self._build_purchase(body, old)
+        if entity == "Deposit":
+            return self._build_deposit(body, old)
+        return self._build_generic(body, old)
+
+    def _check_open(self, entity: str, txn_date: Any) -> None:
+        """Refuse (6210) a change to a transaction dated on or before the closing date."""
+        if self.closing_date is None or entity not in _TRANSACTIONS or not txn_date:
+            return
+        try:
+            day = date.fromisoformat(str(txn_date))
+        except ValueError:
+            return  # the builder answers an unreadable date
+        if day <= self.closing_date:
+            raise _closed_period()
+
+    @staticmethod
+    def _detail_lines(body: JsonObj, allowed: frozenset[str], detail_required: str) -> None:
+        """Line checks shared by purchases and deposits: a known DetailType whose detail names an account."""
+        lines = body.get("Line")
+        if not isinstance(lines, list) or not lines:
+            raise _required("Line")
+        for line in lines:
+            if not isinstance(line, dict):
+                raise _required("Line")
+            if line.get("Amount") is None:
+                raise _required("Line.Amount")
+            kind = line.get("DetailType")
+            if kind is None:
+                continue
+            if kind not in allowed:
+                raise SandboxFault(
+                    "2010",
+                    "Request has invalid or unsupported property",
+                    f"Property Name:DetailType {kind} specified is unsupported or invalid",
+                    element="Line.DetailType",
+                )
+            detail = line.get(str(kind))
+            named = isinstance(detail, dict) and _ref_value(detail.get("AccountRef"))
+            if kind == detail_required and not named and not line.get("LinkedTxn"):
+                raise _required(f"Line.{kind}.AccountRef")
+
+    def _build_purchase(self, body: JsonObj, old: JsonObj | None) -> JsonObj:
+        kind = body.get("PaymentType")
+        if kind is None:
+            raise _required("PaymentType")
+        if kind not in _PURCHASE_TYPES:
+            raise SandboxFault("2170", "Invalid Enumeration", f"Invalid Enumeration : {kind}", element="PaymentType")
+        self._detail_lines(body, _PURCHASE_LINES, "AccountBasedExpenseLineDetail")
+        return self._build_generic(body, old)
+
+    def _build_deposit(self, body: JsonObj, old: JsonObj | None) -> JsonObj:
+        if not _ref_value(body.get("DepositToAccountRef")):
+            raise _required("DepositToAccountRef")
+        self._detail_lines(body, frozenset({"DepositLineDetail"}), "DepositLineDetail")
+        return self._build_generic(body, old)
 
     def _build_generic(self, body: JsonObj, old: JsonObj | None) -> JsonObj:
         obj = dict(body)
@@ -2602,7 +2778,7 @@ class QuickBooksSandbox:
                 result["time"] = self._time()
             return self._json(200, result)
         if head == "batch" and len(segments) == 1 and method == "POST":
-            return self._idempotent_call(params, lambda: self._batch(body))
+            return self._idempotent_call(params, lambda: self._batch(body, params.get("requestid") or ""), batch=True)
         entity = _CANONICAL.get(head)
         if entity is None:
             raise _unsupported(f"/v3/company/{self.realm_id}/{rest}")
@@ -2622,8 +2798,14 @@ class QuickBooksSandbox:
     def _time(self) -> str:
         return _wire_time_ms(self.clock())
 
-    def _idempotent_call(self, params: dict[str, str], call: Callable[[], JsonObj]) -> _Response:
+    def _idempotent_call(
+        self, params: dict[str, str], call: Callable[[], JsonObj], *, batch: bool = False
+    ) -> _Response:
+        """Run ``call`` once per ``requestid``: the same requestid answers the first answer again, applying
+        nothing (Intuit: "the service sends the same response as it did for the original request")."""
         request_id = params.get("requestid") or ""
+        if not batch and len(request_id) > REQUEST_ID_MAX:
+            raise _long_request_id(request_id)
         with self._lock:
             if request_id:
                 cached = self._idempotent.get((self.realm_id, request_id))
@@ -2688,7 +2870,7 @@ class QuickBooksSandbox:
             obj = self._create(entity, payload)
         return {entity: self._render(entity, obj), "time": self._time()}
 
-    def _batch(self, body: bytes) -> JsonObj:
+    def _batch(self, body: bytes, request_id: str = "") -> JsonObj:
         try:
             payload = loads(body.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
@@ -2708,6 +2890,8 @@ class QuickBooksSandbox:
                 continue
             bid = str(item.get("bId", ""))
             try:
+                if request_id and len(bid + request_id) > REQUEST_ID_MAX:
+                    raise _long_request_id(bid + request_id)
                 out.append({**self._batch_item(item), "bId": bid})
             except SandboxFault as fault:
                 if fault.element is None:

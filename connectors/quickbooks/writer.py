@@ -1,0 +1,578 @@
+"""QuickBooks write-back: postings sent as ``/batch`` items, item faults read as results, postings found again.
+
+What each :class:`~connectors.base.PostingKind` becomes:
+
+* ``payment``: a Payment into the clearing account (``DepositToAccountRef``) with one line linked to the
+  invoice; ``PrivateNote`` is the posting's reference, ``PaymentRefNum`` a short form of it (21 characters
+  at most).
+* ``fee``: a Purchase (``PaymentType`` Cash) paid from the clearing account, one account-based expense line.
+* ``payout``: a Deposit into the bank with one line taking the amount out of the clearing account;
+  ``PrivateNote`` is the payout id, which the bank feed shows.
+* ``credit_application`` from a credit note: a Payment of zero with two lines, one linked to the invoice and
+  one to the CreditMemo (how QuickBooks itself applies a credit memo); from a payment (unapplied cash): a
+  sparse update of that Payment adding a line linked to the invoice, the reference appended to its
+  ``PrivateNote`` on a line of its own.
+
+Every request carries ``requestid``: a digest of the batch's posting keys and item bodies, so the same batch
+sent again is applied once (Intuit replays the first answer). The I/O is injected (``query`` runs a query
+statement, ``send`` posts a batch body under a requestid), so this module holds no HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from connectors import jsonwire
+from connectors.base import Posting, PostingKind, PostingResult, RetriableError
+from connectors.quickbooks.faults import ItemFate, item_verdict, parse_fault
+
+__all__ = [
+    "BATCH_LIMIT",
+    "BatchWriter",
+    "PayloadError",
+    "note_references",
+    "payment_ref_num",
+    "reference_of",
+    "request_id",
+]
+
+BATCH_LIMIT = 30
+"""BatchItemRequest operations per ``/batch`` request (Intuit: "The maximum number of payloads in a single
+batch request is 30")."""
+PAYMENT_REF_MAX = 21
+"""Payment.PaymentRefNum is at most 21 characters."""
+NOTE_MAX = 4000
+"""PrivateNote is at most 4000 characters."""
+QUERY_PAGE = 1000
+IDS_PER_QUERY = 100
+
+Query = Callable[[str], Mapping[str, Any]]
+"""Runs a query statement, returns the response body (``{"QueryResponse": ...}``)."""
+Send = Callable[[Mapping[str, Any], str], Mapping[str, Any]]
+"""Posts a ``{"BatchItemRequest": [...]}`` body under a requestid, returns the response body."""
+
+_ENTITY = {
+    PostingKind.PAYMENT: "Payment",
+    PostingKind.FEE: "Purchase",
+    PostingKind.PAYOUT: "Deposit",
+    PostingKind.CREDIT_APPLICATION: "Payment",
+}
+
+
+class PayloadError(ValueError):
+    """A posting whose payload cannot become a QuickBooks transaction (a person must fix it)."""
+
+
+# --- payload values ---------------------------------------------------------------------------------------
+
+
+def reference_of(posting: Posting) -> str:
+    """The reference the ledger carries for ``posting``: the payload's ``reference``, else the key."""
+    return str(posting.payload.get("reference") or posting.key)
+
+
+def _required(payload: Mapping[str, Any], name: str) -> Any:
+    value = payload.get(name)
+    if value is None or value == "":
+        raise PayloadError(f"the payload lacks {name!r}")
+    return value
+
+
+def _text(payload: Mapping[str, Any], name: str) -> str:
+    return str(_required(payload, name))
+
+
+def _decimal(value: Any, name: str) -> Decimal:
+    if isinstance(value, bool | float):
+        raise PayloadError(f"{name} {value!r} is not a Decimal (money never passes through a float)")
+    if isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, int | str):
+        try:
+            number = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise PayloadError(f"{name} {value!r} is not a number") from None
+    else:
+        raise PayloadError(f"{name} {value!r} is not a number")
+    if not number.is_finite():
+        raise PayloadError(f"{name} {value!r} is not a number")
+    return number
+
+
+def _amount(payload: Mapping[str, Any]) -> Decimal:
+    amount = _decimal(_required(payload, "amount"), "amount")
+    if amount <= 0:
+        raise PayloadError(f"amount {amount} must be positive")
+    if amount != amount.quantize(Decimal("0.01")):
+        raise PayloadError(f"amount {amount} has more than two decimals")
+    return amount
+
+
+def _day(payload: Mapping[str, Any]) -> str:
+    value = _required(payload, "date")
+    if isinstance(value, datetime):
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    try:
+        return date.fromisoformat(str(value)).isoformat()
+    except ValueError:
+        raise PayloadError(f"date {value!r} is not an ISO date") from None
+
+
+def _currency(payload: Mapping[str, Any]) -> str:
+    return _text(payload, "currency").upper()
+
+
+def payment_ref_num(reference: str) -> str:
+    """A short form of ``reference`` for ``PaymentRefNum`` (21 characters at most): the reference itself or
+    its last ``:`` segment when short enough, else ``AR-`` and 18 hex digits of its SHA-256."""
+    if len(reference) <= PAYMENT_REF_MAX:
+        return reference
+    tail = reference.rsplit(":", 1)[-1]
+    if 0 < len(tail) <= PAYMENT_REF_MAX:
+        return tail
+    return "AR-" + hashlib.sha256(reference.encode()).hexdigest()[:18].upper()
+
+
+def note_references(note: Any) -> set[str]:
+    """The lines of a ``PrivateNote``, stripped: a reference is carried when it is one of them."""
+    return {line.strip() for line in str(note or "").splitlines() if line.strip()}
+
+
+def _ref(value: str) -> dict[str, str]:
+    return {"value": value}
+
+
+# --- bodies -----------------------------------------------------------------------------------------------
+
+
+def payment_body(payload: Mapping[str, Any], reference: str, customer: str) -> dict[str, Any]:
+    amount = _amount(payload)
+    invoice = _text(payload, "invoice_external_id")
+    body: dict[str, Any] = {
+        "CustomerRef": _ref(customer),
+        "TotalAmt": amount,
+        "CurrencyRef": _ref(_currency(payload)),
+    }
+    if payload.get("currency_rate") is not None:
+        body["ExchangeRate"] = _decimal(payload["currency_rate"], "currency_rate")
+    body.update(
+        {
+            "TxnDate": _day(payload),
+            "DepositToAccountRef": _ref(_text(payload, "account")),
+            "PaymentRefNum": payment_ref_num(reference),
+            "PrivateNote": reference,
+            "Line": [{"Amount": amount, "LinkedTxn": [{"TxnId": invoice, "TxnType": "Invoice"}]}],
+        }
+    )
+    return body
+
+
+def purchase_body(payload: Mapping[str, Any], reference: str) -> dict[str, Any]:
+    amount = _amount(payload)
+    return {
+        "PaymentType": "Cash",
+        "AccountRef": _ref(_text(payload, "from_account")),
+        "TxnDate": _day(payload),
+        "CurrencyRef": _ref(_currency(payload)),
+        "PrivateNote": reference,
+        "Line": [
+            {
+                "Amount": amount,
+                "DetailType": "AccountBasedExpenseLineDetail",
+                "Description": str(payload.get("description") or "Payment processing fees")[:NOTE_MAX],
+                "AccountBasedExpenseLineDetail": {"AccountRef": _ref(_text(payload, "expense_account"))},
+            }
+        ],
+    }
+
+
+def deposit_body(payload: Mapping[str, Any], reference: str) -> dict[str, Any]:
+    amount = _amount(payload)
+    return {
+        "DepositToAccountRef": _ref(_text(payload, "to_account")),
+        "TxnDate": _day(payload),
+        "CurrencyRef": _ref(_currency(payload)),
+        "PrivateNote": reference,
+        "Line": [
+            {
+                "Amount": amount,
+                "DetailType": "DepositLineDetail",
+                "DepositLineDetail": {"AccountRef": _ref(_text(payload, "from_account"))},
+            }
+        ],
+    }
+
+
+def credit_memo_body(payload: Mapping[str, Any], reference: str, customer: str) -> dict[str, Any]:
+    """A zero Payment linking the invoice and the credit memo, each line for the amount applied."""
+    amount = _amount(payload)
+    return {
+        "CustomerRef": _ref(customer),
+        "TotalAmt": Decimal("0"),
+        "CurrencyRef": _ref(_currency(payload)),
+        "TxnDate": _day(payload),
+        "PrivateNote": reference,
+        "Line": [
+            {
+                "Amount": amount,
+                "LinkedTxn": [{"TxnId": _text(payload, "invoice_external_id"), "TxnType": "Invoice"}],
+            },
+            {"Amount": amount, "LinkedTxn": [{"TxnId": _text(payload, "source_id"), "TxnType": "CreditMemo"}]},
+        ],
+    }
+
+
+def _line_amount(line: Mapping[str, Any]) -> Decimal:
+    try:
+        return _decimal(line.get("Amount", 0), "Line.Amount")
+    except PayloadError:
+        return Decimal("0")
+
+
+def application_update(payment: Mapping[str, Any], applications: Sequence[tuple[str, Decimal, str]]) -> dict[str, Any]:
+    """A sparse update of ``payment`` applying ``(invoice, amount, reference)`` from its unapplied cash.
+
+    A sparse update replaces the whole ``Line`` list, so every line the payment has is sent back (its amount
+    and links only); an invoice already linked gets its line's amount raised instead of a second line.
+    Each reference is appended to ``PrivateNote`` on a line of its own.
+    """
+    lines: list[dict[str, Any]] = []
+    for line in payment.get("Line") or []:
+        if not isinstance(line, Mapping):
+            continue
+        links = [
+            {k: str(v) for k, v in link.items() if k in ("TxnId", "TxnType", "TxnLineId")}
+            for link in line.get("LinkedTxn") or []
+            if isinstance(link, Mapping)
+        ]
+        lines.append({"Amount": _line_amount(line), "LinkedTxn": links})
+    note = str(payment.get("PrivateNote") or "")
+    for invoice, amount, reference in applications:
+        for line in lines:
+            if line["LinkedTxn"] == [{"TxnId": invoice, "TxnType": "Invoice"}]:
+                line["Amount"] = line["Amount"] + amount
+                break
+        else:
+            lines.append({"Amount": amount, "LinkedTxn": [{"TxnId": invoice, "TxnType": "Invoice"}]})
+        note = f"{note}\n{reference}" if note else reference
+    if len(note) > NOTE_MAX:
+        raise PayloadError(f"payment {payment.get('Id')}'s PrivateNote would pass {NOTE_MAX} characters")
+    return {
+        "Id": str(payment["Id"]),
+        "SyncToken": str(payment["SyncToken"]),
+        "sparse": True,
+        "PrivateNote": note,
+        "Line": lines,
+    }
+
+
+def request_id(connection: str, keys: Iterable[str], requests: Sequence[Mapping[str, Any]]) -> str:
+    """``ar`` and 32 hex digits of a digest of the batch's posting keys and item bodies.
+
+    Deterministic: the same postings always make the same requestid, so a batch sent again is applied
+    once. The bodies are in it too, so a changed request (a posting fixed by a person, an update re-read
+    with a newer SyncToken) is never answered with the first one's cached reply. 34 characters: Intuit
+    allows 36 for a batch's requestid, and 50 with a ``bId`` (ours are at most 2).
+    """
+    digest = hashlib.sha256("\n".join([connection, *keys, jsonwire.dumps(list(requests))]).encode())
+    return "ar" + digest.hexdigest()[:32]
+
+
+# --- the writer ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    """One BatchItemRequest, carrying one posting (or several applications from the same payment)."""
+
+    entity: str
+    operation: str
+    body: dict[str, Any]
+    members: list[int]
+    source: str | None = None
+    """The payment an application update changes (re-read on 5010)."""
+
+    def request(self, bid: str) -> dict[str, Any]:
+        return {"bId": bid, "operation": self.operation, self.entity: self.body}
+
+
+@dataclass
+class _Run:
+    postings: Sequence[Posting]
+    results: list[PostingResult | None]
+    stale: list[_Item] = field(default_factory=list)
+    duplicates: list[int] = field(default_factory=list)
+
+    def done(self, index: int, result: PostingResult) -> None:
+        self.results[index] = result
+
+    def fail(self, index: int, reason: str, *, retry: bool = False) -> None:
+        self.results[index] = PostingResult(self.postings[index].key, False, reason=reason, retry=retry)
+
+    def ok(self, index: int, external_id: str) -> None:
+        self.results[index] = PostingResult(self.postings[index].key, True, external_id=external_id)
+
+
+def _kind(posting: Posting) -> PostingKind:
+    try:
+        return PostingKind(posting.kind)
+    except ValueError:
+        raise PayloadError(f"QuickBooks cannot post {posting.kind!r}") from None
+
+
+def _from_payment(posting: Posting) -> bool:
+    return posting.kind == PostingKind.CREDIT_APPLICATION.value and posting.payload.get("source") == "payment"
+
+
+def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _quoted(values: Iterable[str]) -> str:
+    return ", ".join("'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'" for value in values)
+
+
+class BatchWriter:
+    """``LedgerWriter.post`` and ``find_posted`` for one QuickBooks company, over injected I/O."""
+
+    def __init__(self, connection: str, query: Query, send: Send) -> None:
+        self.connection = connection
+        self.query = query
+        self.send = send
+
+    # --- reading ----------------------------------------------------------------------------------------
+
+    def _rows(self, entity: str, where: str) -> Iterator[Mapping[str, Any]]:
+        position = 1
+        while True:
+            body = self.query(
+                f"SELECT * FROM {entity} WHERE {where} ORDERBY Id STARTPOSITION {position} MAXRESULTS {QUERY_PAGE}"
+            )
+            rows = body.get("QueryResponse", {}).get(entity, [])
+            yield from (row for row in rows if isinstance(row, Mapping))
+            position += len(rows)
+            if len(rows) < QUERY_PAGE:
+                return
+
+    def _by_id(self, entity: str, ids: Iterable[str]) -> dict[str, Mapping[str, Any]]:
+        wanted = sorted({i for i in ids if i.isdigit()}, key=int)
+        found: dict[str, Mapping[str, Any]] = {}
+        for chunk in _chunks(wanted, IDS_PER_QUERY):
+            for row in self._rows(entity, f"Id IN ({_quoted(chunk)})"):
+                found[str(row.get("Id"))] = row
+        return found
+
+    # --- post ---------------------------------------------------------------------------------------------
+
+    def post(self, postings: Sequence[Posting]) -> list[PostingResult]:
+        """One result per posting, in order. Raises ``RetriableError`` when a whole request's outcome is unknown
+        (after the transport's own retries): the caller then uses :meth:`find_posted`."""
+        run = _Run(postings, [None] * len(postings))
+        customers = self._customers(postings)
+        items: list[_Item] = []
+        applications: dict[str, list[int]] = {}
+        for index, posting in enumerate(postings):
+            try:
+                kind = _kind(posting)
+                if _from_payment(posting):
+                    _amount(posting.payload)
+                    applications.setdefault(_text(posting.payload, "source_id"), []).append(index)
+                    continue
+                item = self._create(posting, kind, customers)
+                item.members.append(index)
+                items.append(item)
+            except PayloadError as exc:
+                run.fail(index, f"cannot post: {exc}")
+        if applications:
+            items.extend(self._applications(run, applications))
+        items.sort(key=lambda item: item.members[0])
+        self._send(run, items)
+        if run.stale:
+            again = {str(item.source): list(item.members) for item in run.stale}
+            retried = self._applications(run, again)
+            run.stale = []
+            self._send(run, retried)
+            for item in run.stale:  # stale twice: somebody keeps changing the payment; try again later
+                for index in item.members:
+                    if run.results[index] is None:
+                        run.fail(index, "stale object twice in a row (5010): the payment keeps changing", retry=True)
+        if run.duplicates:
+            found = self.find_posted([postings[i] for i in run.duplicates])
+            for index in run.duplicates:
+                external_id = found.get(postings[index].key)
+                if external_id is not None:
+                    run.ok(index, external_id)
+                else:
+                    run.fail(index, "QuickBooks reports a duplicate request, yet nothing carries this reference")
+        results = [result for result in run.results if result is not None]
+        if len(results) != len(postings):  # pragma: no cover - every path above settles each posting
+            raise RetriableError(f"{self.connection}: some postings have no outcome: look them up")
+        return results
+
+    def _customers(self, postings: Sequence[Posting]) -> dict[str, str]:
+        """Customers of the invoices whose postings do not name one (a zero payment needs a CustomerRef)."""
+        wanted = {
+            str(p.payload["invoice_external_id"])
+            for p in postings
+            if p.kind in (PostingKind.PAYMENT.value, PostingKind.CREDIT_APPLICATION.value)
+            and not _from_payment(p)
+            and not p.payload.get("customer_external_id")
+            and p.payload.get("invoice_external_id")
+        }
+        if not wanted:
+            return {}
+        invoices = self._by_id("Invoice", wanted)
+        out: dict[str, str] = {}
+        for ident, invoice in invoices.items():
+            customer = invoice.get("CustomerRef")
+            value = customer.get("value") if isinstance(customer, Mapping) else customer
+            if value:
+                out[ident] = str(value)
+        return out
+
+    def _create(self, posting: Posting, kind: PostingKind, customers: Mapping[str, str]) -> _Item:
+        payload = posting.payload
+        reference = reference_of(posting)
+        if kind is PostingKind.FEE:
+            return _Item("Purchase", "create", purchase_body(payload, reference), [])
+        if kind is PostingKind.PAYOUT:
+            return _Item("Deposit", "create", deposit_body(payload, reference), [])
+        invoice = _text(payload, "invoice_external_id")
+        customer = payload.get("customer_external_id") or customers.get(invoice)
+        if not customer:
+            raise PayloadError(f"invoice {invoice} is not in QuickBooks (deleted?) and no customer is named")
+        if kind is PostingKind.PAYMENT:
+            return _Item("Payment", "create", payment_body(payload, reference, str(customer)), [])
+        source = payload.get("source")
+        if source != "credit_note":
+            raise PayloadError(f"a credit application's source must be 'credit_note' or 'payment', not {source!r}")
+        return _Item("Payment", "create", credit_memo_body(payload, reference, str(customer)), [])
+
+    def _applications(self, run: _Run, by_source: Mapping[str, list[int]]) -> list[_Item]:
+        """Sparse updates applying unapplied cash, one per source payment, read fresh (with its SyncToken)."""
+        payments = self._by_id("Payment", by_source)
+        items: list[_Item] = []
+        for source, members in by_source.items():
+            payment = payments.get(source)
+            if payment is None:
+                for index in members:
+                    run.fail(index, f"object not found: payment {source} is not in QuickBooks (deleted?)")
+                continue
+            carried = note_references(payment.get("PrivateNote"))
+            currency = payment.get("CurrencyRef")
+            code = str(currency.get("value") if isinstance(currency, Mapping) else currency or "").upper()
+            pending: list[int] = []
+            wanted: list[tuple[str, Decimal, str]] = []
+            for index in members:
+                posting = run.postings[index]
+                reference = reference_of(posting)
+                if reference in carried:
+                    run.ok(index, source)  # applied before (an answer lost, or a stale retry that had landed)
+                    continue
+                try:
+                    posted_currency = _currency(posting.payload)
+                    if code and posted_currency != code:
+                        raise PayloadError(f"payment {source} is in {code}, the application in {posted_currency}")
+                    invoice = _text(posting.payload, "invoice_external_id")
+                    wanted.append((invoice, _amount(posting.payload), reference))
+                    pending.append(index)
+                except PayloadError as exc:
+                    run.fail(index, f"cannot post: {exc}")
+            if not pending:
+                continue
+            try:
+                body = application_update(payment, wanted)
+            except PayloadError as exc:
+                for index in pending:
+                    run.fail(index, f"cannot post: {exc}")
+                continue
+            items.append(_Item("Payment", "update", body, pending, source))
+        return items
+
+    def _send(self, run: _Run, items: Sequence[_Item]) -> None:
+        for chunk in _chunks(items, BATCH_LIMIT):
+            requests = [item.request(str(n)) for n, item in enumerate(chunk)]
+            keys = [run.postings[i].key for item in chunk for i in item.members]
+            answer = self.send({"BatchItemRequest": requests}, request_id(self.connection, keys, requests))
+            raw = answer.get("BatchItemResponse")
+            entries = raw if isinstance(raw, list) else []
+            answers = {str(entry.get("bId")): entry for entry in entries if isinstance(entry, dict)}
+            missing = [str(n) for n in range(len(chunk)) if str(n) not in answers]
+            if missing:
+                raise RetriableError(
+                    f"{self.connection}: QuickBooks answered no item for bId {', '.join(missing)}: outcome unknown"
+                )
+            for n, item in enumerate(chunk):
+                self._read(run, item, answers[str(n)])
+
+    def _read(self, run: _Run, item: _Item, answer: Mapping[str, Any]) -> None:
+        fault = parse_fault(answer)
+        if fault is None:
+            obj = answer.get(item.entity)
+            ident = obj.get("Id") if isinstance(obj, Mapping) else None
+            for index in item.members:
+                if ident is None:
+                    run.fail(index, f"QuickBooks answered no {item.entity} for this item", retry=True)
+                else:
+                    run.ok(index, str(ident))
+            return
+        verdict = item_verdict(fault)
+        if verdict.fate is ItemFate.STALE and item.source is not None:
+            run.stale.append(item)
+            return
+        for index in item.members:
+            if verdict.fate is ItemFate.DUPLICATE:
+                run.duplicates.append(index)
+            else:
+                run.fail(index, verdict.reason, retry=verdict.fate in (ItemFate.RETRY, ItemFate.STALE))
+
+    # --- find_posted ----------------------------------------------------------------------------------------
+
+    def find_posted(self, postings: Sequence[Posting]) -> dict[str, str]:
+        """key -> Id of each posting already in QuickBooks, found by the reference it carries.
+
+        QuickBooks' query language cannot filter on ``PrivateNote``, so each entity is read by the
+        postings' ``TxnDate`` values (paged, 1000 a page) and the notes are matched here. An application
+        from a payment is found on that payment (read by Id), whose note carries the reference.
+        """
+        found: dict[str, str] = {}
+        by_entity: dict[str, dict[str, dict[str, list[str]]]] = {}
+        on_payments: dict[str, dict[str, list[str]]] = {}
+        for posting in postings:
+            reference = reference_of(posting)
+            try:
+                kind = _kind(posting)
+                if _from_payment(posting):
+                    source = _text(posting.payload, "source_id")
+                    on_payments.setdefault(source, {}).setdefault(reference, []).append(posting.key)
+                    continue
+                day = _day(posting.payload)
+            except PayloadError:
+                continue  # post() refuses such a posting: it was never sent
+            by_day = by_entity.setdefault(_ENTITY[kind], {})
+            by_day.setdefault(day, {}).setdefault(reference, []).append(posting.key)
+        for source, payment in self._by_id("Payment", on_payments).items():
+            carried = note_references(payment.get("PrivateNote"))
+            for reference, keys in on_payments[source].items():
+                if reference in carried:
+                    for key in keys:
+                        found.setdefault(key, source)
+        for entity, by_day in by_entity.items():
+            wanted: dict[str, list[str]] = {}
+            for refs in by_day.values():
+                for reference, keys in refs.items():
+                    wanted.setdefault(reference, []).extend(keys)
+            for days in _chunks(sorted(by_day), IDS_PER_QUERY):
+                for row in self._rows(entity, f"TxnDate IN ({_quoted(days)})"):
+                    for reference in note_references(row.get("PrivateNote")) & wanted.keys():
+                        for key in wanted[reference]:
+                            found.setdefault(key, str(row.get("Id")))
+        return found
