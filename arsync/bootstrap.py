@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from arsync.clock import real_sleep, utc_now
 from arsync.collecting import Collector
 from arsync.config import Config, QuickBooksConnectionConfig, TenantConfig, XeroConnectionConfig, load_config
+from arsync.reconciling import Reconciler
 from connectors.base import Clock, Entity, PaymentProcessor, Sleeper
 from connectors.http import RateBudget
 from connectors.quickbooks.client import QuickBooksAuth, QuickBooksSettings, QuickBooksSource
@@ -149,6 +150,26 @@ class App:
         return Collector(
             self.sessions, chosen, chosen.payments, self.processors[chosen.name], self.clock, owner, self.stop.is_set
         )
+
+    def reconciler(self, tenant: str | None = None) -> Reconciler:
+        """The tenant's write-back (the only tenant with write-back configured when none is named)."""
+        chosen = self._writeback_tenant(tenant)
+        writers = {c.name: self.source(c.name) for c in chosen.connections if c.writeback is not None}
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        return Reconciler(self.sessions, chosen, writers, self.clock, owner, self.stop.is_set)
+
+    def _writeback_tenant(self, name: str | None) -> TenantConfig:
+        writing = [t for t in self.config.tenants if any(c.writeback is not None for c in t.connections)]
+        if name is not None:
+            tenant = self.config.tenant(name)
+            if tenant not in writing:
+                raise KeyError(f"tenant {name!r} has no connection with a [writeback] section: nothing is written")
+            return tenant
+        if len(writing) == 1:
+            return writing[0]
+        if not writing:
+            raise KeyError("no connection has a writeback section: configure [tenants.T.connections.C.writeback]")
+        raise KeyError(f"several tenants write back ({', '.join(t.name for t in writing)}): name one with --tenant")
 
     def _payments_tenant(self, name: str | None) -> TenantConfig:
         with_payments = [t for t in self.config.tenants if t.payments is not None]

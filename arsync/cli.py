@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from arsync import cli_collect
+from arsync import cli_collect, cli_reconcile
 from arsync.bootstrap import App, bootstrap
 from arsync.cli_support import DEFAULT_CONFIG, ConfigOption, console, err, fail, open_app, parse_date
 from arsync.config import ConfigError
@@ -29,6 +29,7 @@ db_app = typer.Typer(no_args_is_help=True, help="Manage the ledger database.")
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 cli_collect.register(app)
+cli_reconcile.register(app)
 
 
 @config_app.command("check")
@@ -196,7 +197,7 @@ def demo(
     customers: int = 200,
     invoices: int = 2000,
 ) -> None:
-    """Run the whole flow against a local QuickBooks sandbox and print a summary."""
+    """Run the whole flow against local QuickBooks, Xero and Stripe sandboxes and print a summary."""
     from arsync.demo import run_demo
 
     raise typer.Exit(run_demo(workdir, customers=customers, invoices=invoices, console=console))

@@ -1,8 +1,9 @@
 """``arsync run``: every connection synced on its interval, one run at a time.
 
 Tenants that take payments also get the processor's events read on their
-interval (with due charge retries and refunds carried out after), and the
-day's auto-pay run at ``charge_hour`` in their own time zone.
+interval (with due charge retries and refunds carried out after, then
+write-back where configured), and the day's auto-pay run at ``charge_hour``
+in their own time zone.
 
 SIGTERM and SIGINT set the app's stop event: the running sync finishes the
 page whose transaction is open, commits it and returns; the scheduler then
@@ -92,6 +93,8 @@ def follow_job(app: App, tenant: str) -> None:
     except Exception:
         log.exception("payments follow crashed", extra={"fields": {"tenant": tenant}})
         return
+    if any(c.writeback is not None for c in app.config.tenant(tenant).connections):
+        reconcile_job(app, tenant)
     log.info(
         "payments followed",
         extra={
@@ -103,6 +106,28 @@ def follow_job(app: App, tenant: str) -> None:
                 "enrolments": enrolled,
                 "settled": len(outcomes),
                 "warnings": report.warnings,
+            }
+        },
+    )
+
+
+def reconcile_job(app: App, tenant: str) -> None:
+    """Write-back: what the events brought in, into the books."""
+    if app.stop.is_set():
+        return
+    try:
+        run = app.reconciler(tenant).run()
+    except Exception:
+        log.exception("reconcile crashed", extra={"fields": {"tenant": tenant}})
+        return
+    log.info(
+        "reconciled",
+        extra={
+            "fields": {
+                "tenant": tenant,
+                "echoes": run.echoes,
+                "journaled": run.derived.total(),
+                "outcomes": run.counts(),
             }
         },
     )

@@ -123,6 +123,8 @@ class PaymentsStatus:
     """Last 30 days, per state."""
     returned: int
     payouts_waiting_lines: int
+    postings_waiting: int
+    postings_parked: int
 
 
 def payments_status(session: Session, tenant: str, connections: list[str], now: datetime) -> PaymentsStatus:
@@ -186,6 +188,24 @@ def payments_status(session: Session, tenant: str, connections: list[str], now: 
             .select_from(ProcessorPayment)
             .where(col(ProcessorPayment.tenant_id) == tenant, col(ProcessorPayment.returned).is_(True))
         ),
+        postings_waiting=count(
+            sa.select(sa.func.count())
+            .select_from(JournalEntry)
+            .where(
+                col(JournalEntry.tenant_id) == tenant,
+                col(JournalEntry.kind).in_(("posting", "apply_credit")),
+                col(JournalEntry.status).in_(("pending", "in_flight")),
+            )
+        ),
+        postings_parked=count(
+            sa.select(sa.func.count())
+            .select_from(JournalEntry)
+            .where(
+                col(JournalEntry.tenant_id) == tenant,
+                col(JournalEntry.kind).in_(("posting", "apply_credit")),
+                col(JournalEntry.status) == "failed",
+            )
+        ),
         payouts_waiting_lines=count(
             sa.select(sa.func.count())
             .select_from(Payout)
@@ -211,6 +231,8 @@ def _payments_block(p: PaymentsStatus, now: datetime) -> Table:
     block.add_row("declined (30 days)", ", ".join(f"{k}: {v}" for k, v in sorted(p.declined.items())) or "-")
     block.add_row("bank debits returned", str(p.returned))
     block.add_row("paid payouts without lines", str(p.payouts_waiting_lines))
+    parked = f"{p.postings_parked} parked: see `arsync reconcile report`" if p.postings_parked else "0 parked"
+    block.add_row("write-back", f"{p.postings_waiting} waiting, {parked}")
     return block
 
 
