@@ -61,6 +61,22 @@ def reconcile_run(config: ConfigOption = DEFAULT_CONFIG, tenant: TenantOption = 
         raise typer.Exit(1 if parked else 0)
 
 
+@reconcile_app.command("release")
+def reconcile_release(
+    key: Annotated[list[str] | None, typer.Option("--key", help="A parked posting's key (repeatable).")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Every parked posting of the tenant.")] = False,
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+) -> None:
+    """Put parked postings back in the queue once the cause is fixed (run `reconcile run` after)."""
+    if bool(key) == everything:
+        raise fail("name --key (one or more) or --all")
+    with _reconciler(config, tenant) as reconciler:
+        released = reconciler.release(None if everything else list(key or []))
+        console.print(f"{released} parked posting(s) released", highlight=False)
+        raise typer.Exit(0 if released else 1)
+
+
 @reconcile_app.command("report")
 def reconcile_report(
     config: ConfigOption = DEFAULT_CONFIG,

@@ -6,7 +6,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col
 
 from arsync.config import TenantConfig
 from collect.standing import CREDIT_KIND
@@ -16,6 +18,7 @@ from reconcile.poster import PostingExecutor
 from reconcile.postings import KIND, Accounts, Derived, derive_postings
 from reconcile.report import Report, build_report
 from sync import journal
+from sync.models import JournalEntry
 
 BATCH = 300
 """Journal entries claimed at once: ten QuickBooks batches, six Xero ones."""
@@ -78,6 +81,19 @@ class Reconciler:
                 if len(settled) < BATCH:
                     break
         return result
+
+    def release(self, keys: list[str] | None) -> int:
+        """Parked postings a person has dealt with (a period reopened, an invoice restored) go back in the queue."""
+        with self.sessions.begin() as session:
+            query = sa.update(JournalEntry).where(
+                col(JournalEntry.tenant_id) == self.tenant.name,
+                col(JournalEntry.kind).in_((KIND, CREDIT_KIND)),
+                col(JournalEntry.status) == "failed",
+            )
+            if keys is not None:
+                query = query.where(col(JournalEntry.key).in_(keys))
+            released = session.execute(query.values(status="pending", next_attempt_at=self.clock()))
+            return int(getattr(released, "rowcount", 0))
 
     def report(self, since: date | None = None) -> Report:
         with self.sessions() as session:

@@ -263,6 +263,15 @@ class Posting:
     kind: str
     """A :class:`PostingKind` value."""
     payload: Mapping[str, Any]
+    attempt: int = 1
+    """Which attempt this is (the journal's count). Writers mix it into the vendor's idempotency key, so a
+    posting released after a person fixed the ledger (a period reopened) is not answered with the first
+    refusal the vendor cached. An attempt whose predecessor's outcome is unknown is looked up first."""
+
+    @property
+    def identity(self) -> str:
+        """What the vendor's idempotency key is derived from: the key and the attempt."""
+        return f"{self.key}#{self.attempt}"
 
 
 @dataclass(frozen=True)

@@ -50,12 +50,12 @@ def posting_of(entry: Claimed, source_kind: Callable[[str, str], str | None]) ->
         }
         if p["source"] == "payment":
             payload["source_kind"] = source_kind(str(p["connection"]), str(p["source_id"]))
-        return Posting(entry.key, PostingKind.CREDIT_APPLICATION.value, payload)
+        return Posting(entry.key, PostingKind.CREDIT_APPLICATION.value, payload, entry.attempt)
     kind = str(p.pop("posting_kind"))
     p.pop("connection", None)
     if "date" in p:
         p["date"] = date.fromisoformat(str(p["date"]))
-    return Posting(entry.key, kind, p)
+    return Posting(entry.key, kind, p, entry.attempt)
 
 
 class PostingExecutor:
@@ -107,7 +107,7 @@ class PostingExecutor:
     def _dated(self, posting: Posting) -> Posting:
         if posting.payload.get("date") is not None:
             return posting
-        return Posting(posting.key, posting.kind, {**posting.payload, "date": self.today()})
+        return Posting(posting.key, posting.kind, {**posting.payload, "date": self.today()}, posting.attempt)
 
     def _outcome(self, result: PostingResult) -> Outcome:
         if result.ok:

@@ -500,7 +500,7 @@ class BatchWriter:
     def _send(self, run: _Run, items: Sequence[_Item]) -> None:
         for chunk in _chunks(items, BATCH_LIMIT):
             requests = [item.request(str(n)) for n, item in enumerate(chunk)]
-            keys = [run.postings[i].key for item in chunk for i in item.members]
+            keys = [run.postings[i].identity for item in chunk for i in item.members]
             answer = self.send({"BatchItemRequest": requests}, request_id(self.connection, keys, requests))
             raw = answer.get("BatchItemResponse")
             entries = raw if isinstance(raw, list) else []

@@ -461,7 +461,7 @@ class XeroSource:
         pending = list(items)
         while pending:
             bodies = [body for _, body in pending]
-            key = batch_key(self.connection, kind, [*prefix, *(p.key for p, _ in pending), jsonwire.dumps(bodies)])
+            key = batch_key(self.connection, kind, [*prefix, *(p.identity for p, _ in pending), jsonwire.dumps(bodies)])
             response = send(bodies, key)
             body = _read_json(self.connection, collection, response.data)
             if response.status == 400:

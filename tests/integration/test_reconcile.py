@@ -201,6 +201,12 @@ def test_a_refused_posting_is_parked_with_its_reason_and_never_retried(
     report = reconciler(sessions, tenant, ledger, clock).report()
     assert report.parked == [("post:acme:acme-qbo:payout:po_1", "parked: 6140: the books are closed for 2026-11-24")]
     assert report.payouts[0].problems == ["payout with no deposit"]
+    ledger.refuse.clear()  # a person reopened the period
+    assert reconciler(sessions, tenant, ledger, clock).release(None) == 1
+    assert reconciler(sessions, tenant, ledger, clock).run().counts() == {"posted": 1}
+    deposit = ledger.posted["post:acme:acme-qbo:payout:po_1"]
+    assert deposit.attempt == 2  # a new idempotency key: the vendor's cached refusal is not replayed
+    assert reconciler(sessions, tenant, ledger, clock).report().problems() == 0
 
 
 def test_posted_payments_read_back_are_recognised_and_stop_counting_as_on_their_way(
