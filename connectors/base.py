@@ -244,6 +244,13 @@ class PostingKind(enum.StrEnum):
       ``source_kind`` (for unapplied cash, the stored ``PaymentRecord.kind``: Xero keeps it as an
       ``overpayment`` or a ``prepayment``). An existing credit of the customer's applied to the invoice.
 
+    * ``payment_reversal``: ``payment_external_id`` (the ledger's id of a payment write-back posted), ``amount``,
+      ``currency``, ``date``, ``reference``, ``reason``. The payment is undone (QuickBooks: voided; Xero:
+      deleted) and the invoice is owed again: an ACH return, a chargeback, a full refund.
+    * ``surcharge``: ``customer_external_id``, ``amount``, ``currency``, ``date``, ``account`` (clearing),
+      ``income_account``, ``reference``, optional ``description``. The card surcharge, received into clearing
+      as income (QuickBooks: a Deposit with an income line; Xero: a RECEIVE bank transaction), its own line.
+
     ``account``-like values are the ledger's own identifiers (a QuickBooks account Id, a Xero account code).
     ``reference`` is the posting's key unless the payload says otherwise: it is how a posting whose outcome
     is unknown is found again, and how its echo is recognised when the sync reads it back.
@@ -253,6 +260,8 @@ class PostingKind(enum.StrEnum):
     FEE = "fee"
     PAYOUT = "payout"
     CREDIT_APPLICATION = "credit_application"
+    PAYMENT_REVERSAL = "payment_reversal"
+    SURCHARGE = "surcharge"
 
 
 @dataclass(frozen=True)
