@@ -133,6 +133,8 @@ def _table(report: Report) -> None:
         )
     for key, reason in report.parked:
         console.print(f"parked {key}: {reason}", highlight=False, markup=False)
+    for line in report.other:
+        console.print(line, highlight=False, markup=False)
     console.print(f"{report.waiting} posting(s) waiting; {report.problems()} problem(s)", highlight=False)
 
 
@@ -159,6 +161,7 @@ def _json(report: Report) -> None:
         ],
         "totals": {c: {k: str(v) for k, v in t.items()} for c, t in report.totals().items()},
         "parked": [{"key": k, "reason": v} for k, v in report.parked],
+        "other": report.other,
         "waiting": report.waiting,
     }
     console.file.write(json.dumps(document, indent=2) + "\n")

@@ -221,6 +221,8 @@ class WritebackConfig:
     """Where payouts land: the account the bank feed reconciles."""
     fee_account: str
     """The expense account for processing fees."""
+    surcharge_account: str | None = None
+    """The income account for card surcharges (required when the tenant adds them)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -589,6 +591,7 @@ class _RawWriteback(_Section):
     clearing_account: _NonBlank
     bank_account: _NonBlank
     fee_account: _NonBlank
+    surcharge_account: _NonBlank | None = None
 
 
 class _RawConnection(_Section):
@@ -1494,7 +1497,10 @@ def _writeback(raw: _RawWriteback | None) -> WritebackConfig | None:
     if raw is None:
         return None
     return WritebackConfig(
-        clearing_account=raw.clearing_account, bank_account=raw.bank_account, fee_account=raw.fee_account
+        clearing_account=raw.clearing_account,
+        bank_account=raw.bank_account,
+        fee_account=raw.fee_account,
+        surcharge_account=raw.surcharge_account,
     )
 
 

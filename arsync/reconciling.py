@@ -57,7 +57,12 @@ class Reconciler:
 
     def ledgers(self) -> dict[str, Accounts]:
         return {
-            c.name: Accounts(c.writeback.clearing_account, c.writeback.bank_account, c.writeback.fee_account)
+            c.name: Accounts(
+                c.writeback.clearing_account,
+                c.writeback.bank_account,
+                c.writeback.fee_account,
+                c.writeback.surcharge_account,
+            )
             for c in self.tenant.connections
             if c.writeback is not None
         }

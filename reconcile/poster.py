@@ -93,7 +93,17 @@ class PostingExecutor:
 
     def _post(self, writer: LedgerWriter, entries: list[Claimed]) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
-        postings = [self._dated(posting_of(e, self._source_kind)) for e in entries]
+        postings = []
+        for entry in entries:
+            posting = self._dated(posting_of(entry, self._source_kind))
+            if posting.kind == PostingKind.SURCHARGE and not posting.payload.get("income_account"):
+                outcomes[entry.key] = GiveUp(
+                    f"{PARKED}no surcharge_account in [writeback] of {entry.payload['connection']}:"
+                    " card surcharges need an income account"
+                )
+                continue
+            postings.append(posting)
+        entries = [e for e in entries if e.key not in outcomes]
         unknown = [p for p, e in zip(postings, entries, strict=True) if e.outcome_unknown]
         if unknown:
             for key, external_id in writer.find_posted(unknown).items():

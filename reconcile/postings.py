@@ -10,6 +10,11 @@ new: the keys already exist.
   invoice of a connection with write-back, received into the clearing account.
 * **fee**: each balance line's fee, an expense paid from the clearing account,
   booked to the connection of the payment it was charged on.
+* **surcharge**: a payment's card surcharge, income received into clearing.
+* **payment_reversal**: a posted payment undone when its bank debit was
+  returned, a chargeback took the money back, or it was refunded in full; a
+  chargeback won applies the payment again (a new payment posting). A partial
+  refund is not reversed: the report shows it for a person to credit.
 * **payout**: a paid payout, once its lines are loaded, moves the net from the
   clearing account to the bank, with the payout id as its reference. When one
   processor account pays for several ledgers, each ledger's deposit is the net
@@ -35,8 +40,17 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from connectors.base import PostingKind
+from connectors.values import show_money
 from sync import journal
-from sync.models import BalanceLineRow, Invoice, Payout, ProcessorPayment
+from sync.models import (
+    BalanceLineRow,
+    Invoice,
+    JournalEntry,
+    Payout,
+    ProcessorDispute,
+    ProcessorPayment,
+    ProcessorRefund,
+)
 
 KIND = "posting"
 
@@ -48,6 +62,8 @@ class Accounts:
     clearing: str
     bank: str
     fees: str
+    surcharges: str | None = None
+    """Income account for card surcharges (None: surcharge postings are parked until one is configured)."""
 
 
 def posting_key(tenant: str, connection: str, kind: PostingKind, ident: str) -> str:
@@ -65,9 +81,15 @@ class Derived:
     payments: int = 0
     fees: int = 0
     payouts: int = 0
+    surcharges: int = 0
+    reversals: int = 0
 
     def total(self) -> int:
-        return self.payments + self.fees + self.payouts
+        return self.payments + self.fees + self.payouts + self.surcharges + self.reversals
+
+
+REVERSING_DISPUTES = ("warning_needs_response", "warning_under_review", "needs_response", "under_review", "lost")
+"""A card dispute takes the money back when it opens; ``won`` gives it back (the payment is applied again)."""
 
 
 def derive_postings(
@@ -87,6 +109,9 @@ def derive_postings(
     def day(moment: datetime | None) -> date:
         return (moment or now).astimezone(tz).date()
 
+    def record(connection: str, kind: PostingKind, ident: str, payload: dict[str, Any]) -> bool:
+        return journal.record(session, _intent(tenant, connection, kind, ident, payload), now)
+
     payments = session.execute(
         sa.select(ProcessorPayment, col(Invoice.customer_external_id))
         .join(
@@ -100,35 +125,70 @@ def derive_postings(
         .where(
             col(ProcessorPayment.tenant_id) == tenant,
             col(ProcessorPayment.state) == "succeeded",
-            col(ProcessorPayment.returned).is_(False),
             col(ProcessorPayment.connection_id).in_(connections),
             col(ProcessorPayment.invoice_external_id).is_not(None),
         )
     ).all()
     owner_of: dict[str, str] = {}
+    posted = _posted_payments(session, tenant)
+    reversals = _reversals(session, tenant)
     for payment, invoice_customer in payments:
         assert payment.connection_id is not None
+        connection = payment.connection_id
+        accounts = ledgers[connection]
         ident = payment.processor_id or payment.key
         if payment.processor_id:
-            owner_of[payment.processor_id] = payment.connection_id
+            owner_of[payment.processor_id] = connection
+        customer = payment.customer_external_id or invoice_customer
         payload = {
             "processor_key": payment.key,
             "invoice_external_id": payment.invoice_external_id,
-            "customer_external_id": payment.customer_external_id or invoice_customer,
+            "customer_external_id": customer,
             "amount": payment.amount,
             "currency": payment.currency,
             "date": day(payment.created_at).isoformat(),
-            "account": ledgers[payment.connection_id].clearing,
+            "account": accounts.clearing,
         }
-        if journal.record(session, _intent(tenant, payment.connection_id, PostingKind.PAYMENT, ident, payload), now):
+        if not payment.returned and record(connection, PostingKind.PAYMENT, ident, payload):
             derived.payments += 1
+        if payment.surcharge > 0 and not payment.returned:
+            surcharge = {
+                "customer_external_id": customer,
+                "amount": payment.surcharge,
+                "currency": payment.currency,
+                "date": day(payment.created_at).isoformat(),
+                "account": accounts.clearing,
+                "income_account": accounts.surcharges,
+                "description": f"Card surcharge on invoice {payment.invoice_external_id}",
+            }
+            if record(connection, PostingKind.SURCHARGE, ident, surcharge):
+                derived.surcharges += 1
+        ledger_id = posted.get(posting_key(tenant, connection, PostingKind.PAYMENT, ident))
+        if ledger_id is None:
+            continue
+        for cause, reason, reapply in _causes(payment, reversals.get(payment.processor_id or "", [])):
+            reversal = {
+                "payment_external_id": ledger_id,
+                "amount": payment.amount,
+                "currency": payment.currency,
+                "date": day(now).isoformat(),
+                "reason": reason,
+            }
+            if record(connection, PostingKind.PAYMENT_REVERSAL, f"{ident}:{cause}", reversal):
+                derived.reversals += 1
+            if reapply and record(connection, PostingKind.PAYMENT, f"{ident}:{cause}-won", payload):
+                derived.payments += 1
     first = connections[0]
-    lines = session.execute(
-        sa.select(BalanceLineRow, col(Payout.arrival_date))
-        .join(Payout, col(Payout.payout_id) == col(BalanceLineRow.payout_id))
-        .where(col(BalanceLineRow.tenant_id) == tenant)
-    ).all()
-    for line, _arrival in lines:
+    for pi, owner in session.execute(
+        sa.select(col(ProcessorPayment.processor_id), col(ProcessorPayment.connection_id)).where(
+            col(ProcessorPayment.tenant_id) == tenant,
+            col(ProcessorPayment.processor_id).is_not(None),
+            col(ProcessorPayment.connection_id).in_(connections),
+        )
+    ):
+        if pi is not None and owner is not None:
+            owner_of.setdefault(pi, owner)
+    for line in session.execute(sa.select(BalanceLineRow).where(col(BalanceLineRow.tenant_id) == tenant)).scalars():
         if line.fee == 0:
             continue
         connection = owner_of.get(line.payment_processor_id or "", first)
@@ -141,10 +201,76 @@ def derive_postings(
             "description": f"Processing fee ({line.type} {line.source_id or line.id})",
             "contact_name": "Payment processor",
         }
-        if journal.record(session, _intent(tenant, connection, PostingKind.FEE, line.id, payload), now):
+        if record(connection, PostingKind.FEE, line.id, payload):
             derived.fees += 1
     derived.payouts = _payouts(session, tenant, ledgers, owner_of, first, day, now)
     return derived
+
+
+def _posted_payments(session: Session, tenant: str) -> dict[str, str]:
+    """Payment postings done, by key: the ledger's id of each payment (what a reversal voids)."""
+    return {
+        key: str(external_id)
+        for key, external_id in session.execute(
+            sa.select(col(JournalEntry.key), col(JournalEntry.external_id)).where(
+                col(JournalEntry.tenant_id) == tenant,
+                col(JournalEntry.kind) == KIND,
+                col(JournalEntry.status) == "done",
+                col(JournalEntry.subject).like(f"{PostingKind.PAYMENT.value}:%"),
+                col(JournalEntry.external_id).is_not(None),
+            )
+        )
+    }
+
+
+@dataclass(frozen=True)
+class _Cause:
+    ident: str
+    reason: str
+    reapply: bool
+    refunded: Decimal | None = None
+    """For a refund: how much, all refunds together (only a full refund reverses the payment)."""
+
+
+def _reversals(session: Session, tenant: str) -> dict[str, list[_Cause]]:
+    """Per PaymentIntent: disputes that took the money back (and whether they were won), full refunds."""
+    causes: dict[str, list[_Cause]] = defaultdict(list)
+    for dispute in session.execute(
+        sa.select(ProcessorDispute).where(col(ProcessorDispute.tenant_id) == tenant)
+    ).scalars():
+        if dispute.payment_processor_id and (dispute.status in REVERSING_DISPUTES or dispute.status == "won"):
+            why = f"chargeback {dispute.dispute_id}" + (f" ({dispute.reason})" if dispute.reason else "")
+            causes[dispute.payment_processor_id].append(_Cause(dispute.dispute_id, why, dispute.status == "won"))
+    refunded: dict[str, Decimal] = defaultdict(Decimal)
+    currency_of: dict[str, str] = {}
+    for pi, amount, currency in session.execute(
+        sa.select(
+            col(ProcessorRefund.payment_processor_id), col(ProcessorRefund.amount), col(ProcessorRefund.currency)
+        ).where(
+            col(ProcessorRefund.tenant_id) == tenant,
+            col(ProcessorRefund.status) == "succeeded",
+            col(ProcessorRefund.payment_processor_id).is_not(None),
+        )
+    ):
+        if pi is not None:
+            refunded[pi] += amount
+            currency_of[pi] = currency
+    for pi, amount in refunded.items():
+        why = f"refunded in full ({show_money(amount, currency_of[pi])})"
+        causes[pi].append(_Cause("refund", why, False, amount))
+    return causes
+
+
+def _causes(payment: ProcessorPayment, found: list[_Cause]) -> list[tuple[str, str, bool]]:
+    """Why the posted payment must be undone: a returned bank debit, a chargeback, a full refund."""
+    result = []
+    if payment.returned:
+        result.append(("return", f"bank debit returned ({payment.decline_code or 'no code'})", False))
+    for cause in found:
+        if cause.refunded is not None and cause.refunded < payment.amount + payment.surcharge:
+            continue  # partial: reported, not reversed (see the reconciliation report)
+        result.append((cause.ident, cause.reason, cause.reapply))
+    return result
 
 
 def _payouts(

@@ -21,7 +21,7 @@ from connectors import jsonwire
 from connectors.base import PostingKind
 from connectors.values import show_money
 from reconcile.postings import KIND
-from sync.models import BalanceLineRow, JournalEntry, Payout, ProcessorPayment
+from sync.models import BalanceLineRow, JournalEntry, Payout, ProcessorPayment, ProcessorRefund
 
 CHARGE_LINES = ("charge", "payment")
 REFUND_LINES = ("refund", "payment_refund")
@@ -54,6 +54,8 @@ class Report:
     """Postings a person must look at: (key, reason)."""
     waiting: int
     """Postings journaled and not posted yet."""
+    other: list[str] = field(default_factory=list)
+    """Differences not tied to one payout (a partial refund arsync does not book)."""
 
     def totals(self) -> dict[str, dict[str, Decimal]]:
         sums: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
@@ -64,7 +66,7 @@ class Report:
         return {c: dict(t) for c, t in sums.items()}
 
     def problems(self) -> int:
-        return sum(len(row.problems) for row in self.payouts) + len(self.parked)
+        return sum(len(row.problems) for row in self.payouts) + len(self.parked) + len(self.other)
 
 
 def build_report(session: Session, tenant: str, since: date | None = None) -> Report:
@@ -119,7 +121,29 @@ def build_report(session: Session, tenant: str, since: date | None = None) -> Re
         rows.append(row)
     parked = sorted((key, error or "") for key, (status, _, error, _) in postings.items() if status == "failed")
     waiting = sum(1 for status, *_ in postings.values() if status in ("pending", "in_flight"))
-    return Report(tenant, rows, parked, waiting)
+    return Report(tenant, rows, parked, waiting, _partial_refunds(session, tenant))
+
+
+def _partial_refunds(session: Session, tenant: str) -> list[str]:
+    refunded: dict[str, Decimal] = defaultdict(Decimal)
+    for pi, amount in session.execute(
+        sa.select(col(ProcessorRefund.payment_processor_id), col(ProcessorRefund.amount)).where(
+            col(ProcessorRefund.tenant_id) == tenant, col(ProcessorRefund.status) == "succeeded"
+        )
+    ):
+        if pi is not None:
+            refunded[pi] += amount
+    found = []
+    for pi, amount in sorted(refunded.items()):
+        payment = session.execute(
+            sa.select(ProcessorPayment).where(col(ProcessorPayment.processor_id) == pi)
+        ).scalar_one_or_none()
+        if payment is not None and amount < payment.amount + payment.surcharge:
+            found.append(
+                f"partial refund of {show_money(amount, payment.currency)} on {pi} (invoice"
+                f" {payment.invoice_external_id}): not booked; credit the invoice in the ledger"
+            )
+    return found
 
 
 def _add_line(

@@ -22,7 +22,16 @@ from collect.autopay import journal_plan, plan_charges
 from collect.policy import AutopayPolicy, AutopayRule
 from connectors.base import Posting, PostingResult, RetriableError
 from sync import journal
-from sync.models import BalanceLineRow, Invoice, Payment, Payout, ProcessorPayment
+from sync.models import (
+    BalanceLineRow,
+    Invoice,
+    JournalEntry,
+    Payment,
+    Payout,
+    ProcessorDispute,
+    ProcessorPayment,
+    ProcessorRefund,
+)
 from tests import collecting as L
 from tests.support import FakeClock
 from tests.unit.test_config import BASE, write
@@ -55,12 +64,20 @@ class MemoryLedger:
     def find_posted(self, postings: Sequence[Posting]) -> dict[str, str]:
         return {p.key: f"L{list(self.posted).index(p.key) + 1}" for p in postings if p.key in self.posted}
 
+    def by_id(self, external_id: str) -> Posting:
+        return list(self.posted.values())[int(external_id.removeprefix("L")) - 1]
+
     def balance(self, account: str) -> Decimal:
         total = Decimal(0)
         for p in self.posted.values():
             amount = p.payload["amount"]
-            if p.kind == "payment" and p.payload["account"] == account:
+            if p.kind in ("payment", "surcharge") and p.payload["account"] == account:
                 total += amount
+            if (
+                p.kind == "payment_reversal"
+                and self.by_id(p.payload["payment_external_id"]).payload["account"] == account
+            ):
+                total -= amount
             if p.kind in ("fee", "payout") and p.payload["from_account"] == account:
                 total -= amount
             if p.kind == "payout" and p.payload["to_account"] == account:
@@ -255,3 +272,144 @@ def test_credit_applications_from_auto_pay_are_posted(
     ]
     assert applied[0].payload["date"] == clock().astimezone(tenant.tzinfo).date()
     assert run.counts()["posted"] == 6
+
+
+def _events(sessions: sessionmaker[Session], *rows: object) -> None:
+    with sessions.begin() as s:
+        for row in rows:
+            s.merge(row)
+
+
+def test_returns_chargebacks_and_full_refunds_reverse_the_payment_and_a_won_dispute_applies_it_again(
+    sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
+) -> None:
+    ledger = MemoryLedger()
+    reconciler(sessions, tenant, ledger, clock).run()
+    with sessions.begin() as s:
+        s.add(
+            Invoice(
+                connection_id=L.CONN,
+                external_id="i3",
+                customer_external_id="c1",
+                currency="USD",
+                total=Decimal("30.00"),
+                balance=Decimal("30.00"),
+                status="open",
+            )
+        )
+        s.add(
+            ProcessorPayment(
+                key="k3",
+                processor_id="pi_3",
+                tenant_id=L.TENANT,
+                connection_id=L.CONN,
+                invoice_external_id="i3",
+                customer_external_id="c1",
+                amount=Decimal("30.00"),
+                surcharge=Decimal(0),
+                currency="USD",
+                state="succeeded",
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+    reconciler(sessions, tenant, ledger, clock).run()
+    with sessions.begin() as s:
+        s.query(ProcessorPayment).filter_by(processor_id="pi_1").one().returned = True  # ACH return
+        s.add(
+            ProcessorDispute(
+                dispute_id="dp_2",
+                tenant_id=L.TENANT,
+                payment_processor_id="pi_2",
+                amount=Decimal("50.00"),
+                currency="USD",
+                status="needs_response",
+                reason="fraudulent",
+                updated_at=NOW,
+            )
+        )
+        s.add(
+            ProcessorRefund(
+                refund_id="re_3",
+                tenant_id=L.TENANT,
+                payment_processor_id="pi_3",
+                amount=Decimal("30.00"),
+                currency="USD",
+                status="succeeded",
+                updated_at=NOW,
+            )
+        )
+    run = reconciler(sessions, tenant, ledger, clock).run()
+    assert (run.derived.reversals, run.derived.payments) == (3, 0)
+    reversed_ = {
+        p.payload["payment_external_id"]: p.payload["reason"]
+        for p in ledger.posted.values()
+        if p.kind == "payment_reversal"
+    }
+    ids = {p.payload.get("invoice_external_id"): key for key, p in ledger.posted.items() if p.kind == "payment"}
+    assert set(reversed_.values()) == {
+        "bank debit returned (no code)",
+        "chargeback dp_2 (fraudulent)",
+        "refunded in full (30.00 USD)",
+    }
+    assert len(reversed_) == 3 and len(ids) == 3
+    assert ledger.balance("35") == Decimal("-150.00")  # the money taken back leaves in later payouts
+    with sessions.begin() as s:
+        s.query(ProcessorDispute).filter_by(dispute_id="dp_2").one().status = "won"
+    won = reconciler(sessions, tenant, ledger, clock).run()
+    assert (won.derived.payments, won.derived.reversals) == (1, 0)
+    assert "post:acme:acme-qbo:payment:pi_2:dp_2-won" in ledger.posted
+    assert reconciler(sessions, tenant, ledger, clock).run().derived.total() == 0
+
+
+def test_a_partial_refund_is_reported_not_reversed(
+    sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
+) -> None:
+    ledger = MemoryLedger()
+    reconciler(sessions, tenant, ledger, clock).run()
+    with sessions.begin() as s:
+        s.add(
+            ProcessorRefund(
+                refund_id="re_1",
+                tenant_id=L.TENANT,
+                payment_processor_id="pi_1",
+                amount=Decimal("10.00"),
+                currency="USD",
+                status="succeeded",
+                updated_at=NOW,
+            )
+        )
+    assert reconciler(sessions, tenant, ledger, clock).run().derived.reversals == 0
+    report = reconciler(sessions, tenant, ledger, clock).report()
+    assert report.other == [
+        "partial refund of 10.00 USD on pi_1 (invoice i1): not booked; credit the invoice in the ledger"
+    ]
+
+
+def test_surcharges_are_income_in_clearing_or_parked_without_an_income_account(
+    sessions: sessionmaker[Session], tenant: TenantConfig, tmp_path: Path, clock: FakeClock
+) -> None:
+    with sessions.begin() as s:
+        s.query(ProcessorPayment).filter_by(processor_id="pi_1").one().surcharge = Decimal("3.00")
+    ledger = MemoryLedger()
+    run = reconciler(sessions, tenant, ledger, clock).run()
+    assert run.counts() == {"posted": 5, "parked": 1}
+    report = reconciler(sessions, tenant, ledger, clock).report()
+    assert report.parked == [
+        (
+            "post:acme:acme-qbo:surcharge:pi_1",
+            "parked: no surcharge_account in [writeback] of acme-qbo: card surcharges need an income account",
+        )
+    ]
+    with_income = load_config(
+        write(tmp_path / "cfg2", BASE + WRITEBACK + 'surcharge_account = "79"\n'), environ=PENV
+    ).tenant("acme")
+    with sessions.begin() as s:
+        s.query(JournalEntry).filter_by(key="post:acme:acme-qbo:surcharge:pi_1").delete()
+    run = reconciler(sessions, with_income, ledger, clock).run()
+    surcharge = ledger.posted["post:acme:acme-qbo:surcharge:pi_1"]
+    assert (surcharge.payload["amount"], surcharge.payload["income_account"], surcharge.payload["account"]) == (
+        Decimal("3.00"),
+        "79",
+        "35",
+    )
