@@ -201,10 +201,11 @@ def _open_invoices(session: Session, connections: Sequence[str], selection: Sele
         )
         .exists()
     )
-    query = sa.select(Invoice).where(
-        col(Invoice.connection_id).in_(connections), col(Invoice.status).in_(CHARGEABLE), enrolled
-    )
-    if selection is not None:
+    query = sa.select(Invoice).where(col(Invoice.connection_id).in_(connections))
+    if selection is None:
+        query = query.where(col(Invoice.status).in_(CHARGEABLE), enrolled)
+    else:
+        # A batch names its invoices: each one not charged gets its reason (paid, not enrolled, ...).
         chosen = [
             sa.and_(col(Invoice.connection_id) == c, col(Invoice.external_id) == i) for c, i in selection.invoices
         ] + [
@@ -260,6 +261,8 @@ def _decide(ctx: _Context, invoice: Invoice, selection: Selection | None) -> Pla
     """The plan item for one invoice, or the reason it is not charged (a short, countable phrase)."""
     ref: InvoiceRef = (invoice.connection_id, invoice.external_id)
     customer: CustomerRef = (invoice.connection_id, invoice.customer_external_id or "")
+    if invoice.status not in CHARGEABLE:
+        return f"invoice is {invoice.status}"
     method = ctx.methods.get(customer)
     if method is None:
         return "no payment method enrolled for charges while the customer is absent"

@@ -312,3 +312,18 @@ def test_a_second_batch_on_the_same_day_needs_a_reference(sessions: sessionmaker
     big = Selection(invoices=one.invoices, amount=Decimal("90.01"), reference="x")
     assert plan(sessions, policy, selection=big).skipped == {"amount asked exceeds what is owed (90.00 USD)": 1}
     assert plan(sessions, policy, today=date(2026, 11, 23), selection=one).items != []
+
+
+def test_a_batch_says_why_it_charges_nothing(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        L.customer(s, "c1")
+        L.customer(s, "c2", method=None)
+        L.invoice(s, "paid", "c1", "0.00", status="paid")
+        L.invoice(s, "not-enrolled", "c2", "10.00")
+    chosen = Selection(invoices=frozenset({(L.CONN, "paid"), (L.CONN, "not-enrolled")}))
+    p = plan(sessions, AutopayPolicy(rules=(ON_ISSUE,)), selection=chosen)
+    assert (p.items, p.examined) == ([], 2)
+    assert p.skipped == {
+        "invoice is paid": 1,
+        "no payment method enrolled for charges while the customer is absent": 1,
+    }
