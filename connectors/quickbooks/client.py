@@ -303,10 +303,11 @@ class QuickBooksSource:
     # --- LedgerWriter ----------------------------------------------------------
 
     def post(self, postings: Sequence[Posting]) -> list[PostingResult]:
-        """Payments, fees, payouts and credit applications through ``/batch`` (see ``writer.py``).
+        """Payments, fees, payouts, credit applications, payment reversals (voids) and surcharges through
+        ``/batch`` (see ``writer.py``).
 
         One result per posting, in order. An item QuickBooks refuses is ``ok=False``: ``retry`` for a
-        throttle or a system fault, not for validation, a closed period or a deleted invoice. Raises
+        throttle or a system fault, not for validation, a closed period, a deleted invoice or payment. Raises
         ``RetriableError`` when a whole request's outcome is unknown: the caller then uses :meth:`find_posted`.
         """
         return self.writer.post(postings)

@@ -18,7 +18,11 @@ Intuit's XSDs and of recorded QBO traffic:
   balances (``CurrentBalance``) moved by payments, purchases and deposits, a
   settable ``closing_date`` (fault 6210 for anything dated on or before it), 610
   "Another user has deleted this transaction" for a link to a deleted
-  transaction, and ``requestid`` length checks.
+  transaction, and ``requestid`` length checks; a void (``operation=void``, or
+  a batch item's ``"operation": "void"``) zeroes the amounts, gives the
+  invoices back what a voided payment took, takes it out of the deposit-to
+  account, and puts "Voided" in front of the note (``Voided - ...``; a sparse
+  void body's ``PrivateNote`` is applied first).
 
 Money is ``Decimal`` end to end: request bodies are parsed with
 ``parse_float=Decimal`` and amounts are written as JSON numbers (``250.00``).
@@ -102,6 +106,7 @@ SALES_TERMS: dict[str, tuple[str, int]] = {
 
 MAX_RESULTS = 1000
 CDC_CAP = 1000
+VOID_NOTE = "Voided"
 BATCH_MAX_ITEMS = 30
 _CENT = Decimal("0.01")
 _ZERO = Decimal("0")
@@ -412,6 +417,23 @@ def _number(value: Any, name: str) -> Decimal:
     if not number.is_finite():
         raise _bad_number(name, value)
     return number
+
+
+def _void_note(note: Any) -> str:
+    """The note of a voided transaction: Intuit injects "Voided" into ``PrivateNote``, "prepended to existing
+    text if present" (Payment, Invoice and BillPayment void docs); integrators' captures show ``Voided - ...``."""
+    text = str(note or "").strip()
+    return f"{VOID_NOTE} - {text}" if text else VOID_NOTE
+
+
+def _is_void(obj: Mapping[str, Any]) -> bool:
+    """Voided: the note starts with "Voided" and the total is zero (a live document may carry such a note)."""
+    if not str(obj.get("PrivateNote") or "").startswith(VOID_NOTE):
+        return False
+    try:
+        return _money(obj.get("TotalAmt", 0), "TotalAmt") == 0
+    except SandboxFault:
+        return False
 
 
 def _clone(value: Any) -> Any:
@@ -1180,7 +1202,7 @@ class QuickBooksSandbox:
             self._delete(table.name, str(id), None, checks=False, at=at)
 
     def void(self, entity: str, id: str, *, at: datetime | None = None) -> JsonObj:
-        """Void as QBO does: amounts to 0, Balance 0, PrivateNote "Voided"."""
+        """Void as QBO does: amounts to 0, Balance 0, "Voided" in front of the PrivateNote."""
         table = self._table(entity)
         with self._lock:
             self._current(table, str(id))
@@ -1512,7 +1534,7 @@ class QuickBooksSandbox:
             raise _required("SyncToken")
         if str(token) != old["SyncToken"]:
             raise _stale()
-        if old.get("PrivateNote") == "Voided" and entity in _VOIDABLE and not trusted:
+        if _is_void(old) and entity in _VOIDABLE and not trusted:
             raise _business("This transaction is void and cannot be changed.")
         sparse = body.get("sparse") is True
         incoming = {k: v for k, v in body.items() if k not in _SERVER_FIELDS}
@@ -1545,14 +1567,17 @@ class QuickBooksSandbox:
         *,
         checks: bool = True,
         at: datetime | None = None,
+        note: str | None = None,
     ) -> JsonObj:
+        """Void ``ident``. ``note``: the ``PrivateNote`` a sparse void body sent (Intuit voids a payment by "a
+        sparse update operation with include=void"), which "Voided" is then put in front of."""
         if entity not in _VOIDABLE:
             raise _unsupported(f"/v3/company/{self.realm_id}/{entity.lower()}?operation=void")
         table = self._tables[entity]
         old = self._current(table, ident)
         if token is not None and str(token) != old["SyncToken"]:
             raise _stale()
-        if checks and old.get("PrivateNote") == "Voided":
+        if checks and _is_void(old):
             raise _business("This transaction has already been voided.")
         if checks:
             self._check_open(entity, old.get("TxnDate"))
@@ -1577,7 +1602,7 @@ class QuickBooksSandbox:
             ]
             obj["TotalAmt"] = 0
             obj["UnappliedAmt"] = 0
-        obj["PrivateNote"] = "Voided"
+        obj["PrivateNote"] = _void_note(old.get("PrivateNote") if note is None else note)
         obj["SyncToken"] = str(int(old["SyncToken"]) + 1)
         obj["MetaData"] = {
             "CreateTime": old["MetaData"]["CreateTime"],
@@ -1964,7 +1989,7 @@ class QuickBooksSandbox:
             doc = self._materialize(stored)
             if _ref_value(doc.get("CustomerRef")) != customer:
                 raise _business(f"The {kind.lower()} {txn_id} belongs to another customer.", "LinkedTxn")
-            if doc.get("PrivateNote") == "Voided" and delta < 0:
+            if _is_void(doc) and delta < 0:
                 raise _business(f"The {kind.lower()} {txn_id} is void.", "LinkedTxn")
             field_name = "Balance" if kind == "Invoice" else "RemainingCredit"
             current = _money(doc.get(field_name, 0))
@@ -2080,6 +2105,12 @@ class QuickBooksSandbox:
         if not _ref_value(body.get("DepositToAccountRef")):
             raise _required("DepositToAccountRef")
         self._detail_lines(body, frozenset({"DepositLineDetail"}), "DepositLineDetail")
+        for line in body["Line"]:
+            detail = line.get("DepositLineDetail")
+            entity = _ref_value(detail.get("Entity")) if isinstance(detail, dict) else None
+            if entity is not None and entity not in self._tables["Customer"].rows:
+                # the sandbox keeps customers only: a line's Entity (a customer, vendor or employee) must be one
+                raise _invalid_ref("Line.DepositLineDetail.Entity")
         return self._build_generic(body, old)
 
     def _build_generic(self, body: JsonObj, old: JsonObj | None) -> JsonObj:
@@ -2858,7 +2889,8 @@ class QuickBooksSandbox:
             ident = str(_id_number(payload.get("Id")))
             if payload.get("SyncToken") is None:
                 raise _required("SyncToken")
-            obj = self._void(entity, ident, str(payload["SyncToken"]))
+            note = payload.get("PrivateNote")
+            obj = self._void(entity, ident, str(payload["SyncToken"]), note=note if isinstance(note, str) else None)
             return {entity: self._render(entity, obj), "time": self._time()}
         if operation not in ("", "create", "update"):
             raise _unsupported(f"/v3/company/{self.realm_id}/{entity.lower()}?operation={operation}")

@@ -12,6 +12,13 @@ What each :class:`~connectors.base.PostingKind` becomes:
   one to the CreditMemo (how QuickBooks itself applies a credit memo); from a payment (unapplied cash): a
   sparse update of that Payment adding a line linked to the invoice, the reference appended to its
   ``PrivateNote`` on a line of its own.
+* ``payment_reversal``: the Payment voided (``"operation": "void"`` with its ``Id`` and current
+  ``SyncToken``, read first), the reversal's reference appended to its ``PrivateNote`` on a line of its own in
+  the same sparse body. Intuit voids a payment by "a sparse update operation with include=void": every
+  amount is zeroed, the invoices are owed again, and "Voided" is put in front of the existing note
+  (``Voided - ...``). A payment already voided is ``ok`` without a request; one that is gone is parked.
+* ``surcharge``: a Deposit into the clearing account with one ``DepositLineDetail`` line on the income
+  account (``Entity`` the customer), ``PrivateNote`` the reference.
 
 Every request carries ``requestid``: a digest of the batch's posting keys and item bodies, so the same batch
 sent again is applied once (Intuit replays the first answer). The I/O is injected (``query`` runs a query
@@ -21,6 +28,7 @@ statement, ``send`` posts a batch body under a requestid), so this module holds 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -39,6 +47,9 @@ __all__ = [
     "payment_ref_num",
     "reference_of",
     "request_id",
+    "surcharge_body",
+    "void_body",
+    "voided",
 ]
 
 BATCH_LIMIT = 30
@@ -61,7 +72,12 @@ _ENTITY = {
     PostingKind.FEE: "Purchase",
     PostingKind.PAYOUT: "Deposit",
     PostingKind.CREDIT_APPLICATION: "Payment",
+    PostingKind.PAYMENT_REVERSAL: "Payment",
+    PostingKind.SURCHARGE: "Deposit",
 }
+VOID_NOTE = "Voided"
+"""What QuickBooks puts in front of a voided transaction's ``PrivateNote`` (``Voided - `` before existing text)."""
+_VOID_PREFIX = re.compile(r"^(?:Voided(?:\s*-\s*|\s+|$))+")
 
 
 class PayloadError(ValueError):
@@ -141,8 +157,22 @@ def payment_ref_num(reference: str) -> str:
 
 
 def note_references(note: Any) -> set[str]:
-    """The lines of a ``PrivateNote``, stripped: a reference is carried when it is one of them."""
-    return {line.strip() for line in str(note or "").splitlines() if line.strip()}
+    """The lines of a ``PrivateNote``, stripped: a reference is carried when it is one of them.
+
+    A voided transaction's note starts with ``Voided`` (``Voided - `` in front of the text it had): its first
+    line counts with and without that prefix, so a payment voided after it was posted is still found.
+    """
+    lines = {line.strip() for line in str(note or "").splitlines() if line.strip()}
+    return lines | {rest for line in lines if (rest := _VOID_PREFIX.sub("", line).strip())}
+
+
+def voided(txn: Mapping[str, Any]) -> bool:
+    """A voided transaction: a zero total and a note starting with ``Voided`` (as ``mapping`` reads a void)."""
+    try:
+        total = _decimal(txn.get("TotalAmt", 0), "TotalAmt")
+    except PayloadError:
+        return False
+    return total == 0 and str(txn.get("PrivateNote") or "").strip().startswith(VOID_NOTE)
 
 
 def _ref(value: str) -> dict[str, str]:
@@ -208,6 +238,43 @@ def deposit_body(payload: Mapping[str, Any], reference: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def surcharge_body(payload: Mapping[str, Any], reference: str) -> dict[str, Any]:
+    """A Deposit into the clearing account whose one line is income (``DepositLineDetail.AccountRef``)."""
+    amount = _amount(payload)
+    detail: dict[str, Any] = {}
+    if payload.get("customer_external_id"):
+        detail["Entity"] = _ref(str(payload["customer_external_id"]))
+    detail["AccountRef"] = _ref(_text(payload, "income_account"))
+    return {
+        "DepositToAccountRef": _ref(_text(payload, "account")),
+        "TxnDate": _day(payload),
+        "CurrencyRef": _ref(_currency(payload)),
+        "PrivateNote": reference,
+        "Line": [
+            {
+                "Amount": amount,
+                "DetailType": "DepositLineDetail",
+                "Description": str(payload.get("description") or "Card surcharge")[:NOTE_MAX],
+                "DepositLineDetail": detail,
+            }
+        ],
+    }
+
+
+def void_body(payment: Mapping[str, Any], references: Sequence[str]) -> dict[str, Any]:
+    """The void of ``payment`` (read fresh, with its SyncToken): a sparse body whose ``PrivateNote`` is the
+    payment's note with each reference not yet carried appended on a line of its own."""
+    note = str(payment.get("PrivateNote") or "")
+    carried = note_references(note)
+    for reference in references:
+        if reference not in carried:
+            note = f"{note}\n{reference}" if note else reference
+            carried.add(reference)
+    if len(VOID_NOTE) + 3 + len(note) > NOTE_MAX:
+        raise PayloadError(f"payment {payment.get('Id')}'s PrivateNote would pass {NOTE_MAX} characters")
+    return {"Id": str(payment["Id"]), "SyncToken": str(payment["SyncToken"]), "sparse": True, "PrivateNote": note}
 
 
 def credit_memo_body(payload: Mapping[str, Any], reference: str, customer: str) -> dict[str, Any]:
@@ -297,7 +364,9 @@ class _Item:
     body: dict[str, Any]
     members: list[int]
     source: str | None = None
-    """The payment an application update changes (re-read on 5010)."""
+    """The payment an application update or a void changes (re-read on 5010)."""
+    again: str = ""
+    """How the item is rebuilt from a fresh read on 5010: ``application`` or ``reversal``."""
 
     def request(self, bid: str) -> dict[str, Any]:
         return {"bId": bid, "operation": self.operation, self.entity: self.body}
@@ -329,6 +398,10 @@ def _kind(posting: Posting) -> PostingKind:
 
 def _from_payment(posting: Posting) -> bool:
     return posting.kind == PostingKind.CREDIT_APPLICATION.value and posting.payload.get("source") == "payment"
+
+
+def _code(ref: Any) -> str:
+    return str(ref.get("value") if isinstance(ref, Mapping) else ref or "").upper()
 
 
 def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -379,12 +452,17 @@ class BatchWriter:
         customers = self._customers(postings)
         items: list[_Item] = []
         applications: dict[str, list[int]] = {}
+        reversals: dict[str, list[int]] = {}
         for index, posting in enumerate(postings):
             try:
                 kind = _kind(posting)
                 if _from_payment(posting):
                     _amount(posting.payload)
                     applications.setdefault(_text(posting.payload, "source_id"), []).append(index)
+                    continue
+                if kind is PostingKind.PAYMENT_REVERSAL:
+                    _amount(posting.payload)
+                    reversals.setdefault(_text(posting.payload, "payment_external_id"), []).append(index)
                     continue
                 item = self._create(posting, kind, customers)
                 item.members.append(index)
@@ -393,11 +471,17 @@ class BatchWriter:
                 run.fail(index, f"cannot post: {exc}")
         if applications:
             items.extend(self._applications(run, applications))
+        if reversals:
+            items.extend(self._reversals(run, reversals))
         items.sort(key=lambda item: item.members[0])
         self._send(run, items)
         if run.stale:
-            again = {str(item.source): list(item.members) for item in run.stale}
-            retried = self._applications(run, again)
+            again: dict[str, dict[str, list[int]]] = {}
+            for item in run.stale:
+                again.setdefault(item.again, {})[str(item.source)] = list(item.members)
+            retried = self._applications(run, again.get("application", {}))
+            retried += self._reversals(run, again.get("reversal", {}))
+            retried.sort(key=lambda item: item.members[0])
             run.stale = []
             self._send(run, retried)
             for item in run.stale:  # stale twice: somebody keeps changing the payment; try again later
@@ -445,6 +529,8 @@ class BatchWriter:
             return _Item("Purchase", "create", purchase_body(payload, reference), [])
         if kind is PostingKind.PAYOUT:
             return _Item("Deposit", "create", deposit_body(payload, reference), [])
+        if kind is PostingKind.SURCHARGE:
+            return _Item("Deposit", "create", surcharge_body(payload, reference), [])
         invoice = _text(payload, "invoice_external_id")
         customer = payload.get("customer_external_id") or customers.get(invoice)
         if not customer:
@@ -458,6 +544,8 @@ class BatchWriter:
 
     def _applications(self, run: _Run, by_source: Mapping[str, list[int]]) -> list[_Item]:
         """Sparse updates applying unapplied cash, one per source payment, read fresh (with its SyncToken)."""
+        if not by_source:
+            return []
         payments = self._by_id("Payment", by_source)
         items: list[_Item] = []
         for source, members in by_source.items():
@@ -467,8 +555,7 @@ class BatchWriter:
                     run.fail(index, f"object not found: payment {source} is not in QuickBooks (deleted?)")
                 continue
             carried = note_references(payment.get("PrivateNote"))
-            currency = payment.get("CurrencyRef")
-            code = str(currency.get("value") if isinstance(currency, Mapping) else currency or "").upper()
+            code = _code(payment.get("CurrencyRef"))
             pending: list[int] = []
             wanted: list[tuple[str, Decimal, str]] = []
             for index in members:
@@ -494,7 +581,60 @@ class BatchWriter:
                 for index in pending:
                     run.fail(index, f"cannot post: {exc}")
                 continue
-            items.append(_Item("Payment", "update", body, pending, source))
+            items.append(_Item("Payment", "update", body, pending, source, "application"))
+        return items
+
+    def _reversals(self, run: _Run, by_payment: Mapping[str, list[int]]) -> list[_Item]:
+        """Voids, one per payment, read fresh (with its SyncToken); a payment already void is ``ok`` as it is.
+
+        A reversal undoes the whole payment: its amount and currency must be the payment's.
+        """
+        if not by_payment:
+            return []
+        payments = self._by_id("Payment", by_payment)
+        items: list[_Item] = []
+        for ident, members in by_payment.items():
+            payment = payments.get(ident)
+            if payment is None:
+                for index in members:
+                    run.fail(
+                        index,
+                        f"not found or deleted: code 610 Object Not Found: payment {ident} is not in QuickBooks "
+                        "(deleted by a person?): nothing to void",
+                    )
+                continue
+            if voided(payment):
+                for index in members:
+                    run.ok(index, ident)  # voided before (our answer lost, or a person voided it)
+                continue
+            total = _line_amount({"Amount": payment.get("TotalAmt", 0)})
+            code = _code(payment.get("CurrencyRef"))
+            pending: list[int] = []
+            references: list[str] = []
+            for index in members:
+                posting = run.postings[index]
+                try:
+                    amount = _amount(posting.payload)
+                    currency = _currency(posting.payload)
+                    if code and currency != code:
+                        raise PayloadError(f"payment {ident} is in {code}, the reversal in {currency}")
+                    if amount != total:
+                        raise PayloadError(
+                            f"payment {ident} is for {total}, the reversal for {amount}: only a whole payment is voided"
+                        )
+                    references.append(reference_of(posting))
+                    pending.append(index)
+                except PayloadError as exc:
+                    run.fail(index, f"cannot post: {exc}")
+            if not pending:
+                continue
+            try:
+                body = void_body(payment, references)
+            except PayloadError as exc:
+                for index in pending:
+                    run.fail(index, f"cannot post: {exc}")
+                continue
+            items.append(_Item("Payment", "void", body, pending, ident, "reversal"))
         return items
 
     def _send(self, run: _Run, items: Sequence[_Item]) -> None:
@@ -541,11 +681,14 @@ class BatchWriter:
 
         QuickBooks' query language cannot filter on ``PrivateNote``, so each entity is read by the
         postings' ``TxnDate`` values (paged, 1000 a page) and the notes are matched here. An application
-        from a payment is found on that payment (read by Id), whose note carries the reference.
+        from a payment is found on that payment (read by Id), whose note carries the reference. A reversal
+        is found when its payment (read by Id) is void: the void carries the reversal's reference in its
+        note, and a payment a person voided is reversed all the same (``post`` answers ``ok`` for it).
         """
         found: dict[str, str] = {}
         by_entity: dict[str, dict[str, dict[str, list[str]]]] = {}
         on_payments: dict[str, dict[str, list[str]]] = {}
+        reversed_payments: dict[str, list[str]] = {}
         for posting in postings:
             reference = reference_of(posting)
             try:
@@ -554,17 +697,24 @@ class BatchWriter:
                     source = _text(posting.payload, "source_id")
                     on_payments.setdefault(source, {}).setdefault(reference, []).append(posting.key)
                     continue
+                if kind is PostingKind.PAYMENT_REVERSAL:
+                    reversed_payments.setdefault(_text(posting.payload, "payment_external_id"), []).append(posting.key)
+                    continue
                 day = _day(posting.payload)
             except PayloadError:
                 continue  # post() refuses such a posting: it was never sent
             by_day = by_entity.setdefault(_ENTITY[kind], {})
             by_day.setdefault(day, {}).setdefault(reference, []).append(posting.key)
-        for source, payment in self._by_id("Payment", on_payments).items():
+        read = self._by_id("Payment", {*on_payments, *reversed_payments}) if on_payments or reversed_payments else {}
+        for source, payment in read.items():
             carried = note_references(payment.get("PrivateNote"))
-            for reference, keys in on_payments[source].items():
+            for reference, keys in on_payments.get(source, {}).items():
                 if reference in carried:
                     for key in keys:
                         found.setdefault(key, source)
+            if voided(payment):
+                for key in reversed_payments.get(source, []):
+                    found.setdefault(key, source)
         for entity, by_day in by_entity.items():
             wanted: dict[str, list[str]] = {}
             for refs in by_day.values():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -405,19 +406,24 @@ class XeroSource:
     # --- writing (the LedgerWriter port) ---------------------------------------
 
     def post(self, postings: Sequence[Posting]) -> list[PostingResult]:
-        """Write payments, fees (SPEND bank transactions), payouts (bank transfers) and credit applications.
+        """Write payments, fees (SPEND bank transactions), payouts (bank transfers), credit applications,
+        payment reversals (payments deleted) and surcharges (RECEIVE bank transactions).
 
         Items go in batches of at most 50 with ``summarizeErrors=false`` where the endpoint takes it, so
         one refused item does not sink the rest; a batch Xero refuses whole (``PUT /BankTransfers`` has
         no ``summarizeErrors``) is sent again without the refused items. Allocations take one parent per
-        call: they are grouped per credit note, overpayment or prepayment. Every call carries an
-        ``Idempotency-Key`` made from its postings' keys, so a retried call is applied once. A refusal
-        is a result with ``retry=False`` and Xero's messages; throttling, 5xx and timeouts raise.
+        call: they are grouped per credit note, overpayment or prepayment. A payment is deleted by its own
+        call (``POST /Payments/{PaymentID}``: the spec has no batch form). Every call carries an
+        ``Idempotency-Key`` made from its postings' identities (key and attempt), so a retried call is
+        applied once. A refusal is a result with ``retry=False`` and Xero's messages; throttling, 5xx and
+        timeouts raise.
         """
         results: dict[str, PostingResult] = {}
         for kind, group in _by_kind(postings).items():
             if kind == PostingKind.CREDIT_APPLICATION:
                 done = self._post_allocations(group)
+            elif kind == PostingKind.PAYMENT_REVERSAL:
+                done = self._post_reversals(group)
             elif kind in _WRITERS:
                 done = []
                 for start in range(0, len(group), BATCH_SIZE):
@@ -585,6 +591,72 @@ class XeroSource:
             where = " || ".join(f'{id_field}==Guid("{i}")' for i in ids[start : start + LOOKUP_CHUNK])
             yield from self._read_all(collection, where=where)
 
+    # --- payment reversals (payments deleted) ------------------------------------
+
+    def _post_reversals(self, postings: Sequence[Posting]) -> list[PostingResult]:
+        """Delete each reversed payment (``POST /Payments/{PaymentID}`` with ``{"Status": "DELETED"}``).
+
+        The payments are read first (25 a call): one already deleted is ``ok`` without a call (our answer
+        lost, or a person deleted it); one Xero does not have is refused. A reversal undoes the whole
+        payment, so its amount must be the payment's. Several reversals of one payment make one call.
+        """
+        results: list[PostingResult] = []
+        wanted: dict[str, list[Posting]] = {}
+        for posting in postings:
+            try:
+                ident = _payment_id(posting.payload)
+                _money(posting.payload.get("amount"))
+            except _PayloadError as exc:
+                results.append(_refused(posting.key, f"payload: {exc}"))
+                continue
+            wanted.setdefault(ident, []).append(posting)
+        payments = {str(item.get("PaymentID", "")).lower(): item for item in self._where_ids("Payments", list(wanted))}
+        for ident, group in wanted.items():
+            payment = payments.get(ident)
+            if payment is None:
+                results += [_refused(p.key, f"Xero has no payment {ident}") for p in group]
+                continue
+            if payment.get("Status") == "DELETED":
+                results += [PostingResult(p.key, True, external_id=str(payment["PaymentID"])) for p in group]
+                continue
+            total = Decimal(str(payment.get("Amount", "0")))
+            sendable = []
+            for posting in group:
+                amount = posting.payload["amount"]
+                if amount != total:
+                    reason = f"payment {ident} is for {total}, the reversal for {amount}: a payment is deleted whole"
+                    results.append(_refused(posting.key, reason))
+                else:
+                    sendable.append(posting)
+            if sendable:
+                results += self._delete_payment(str(payment["PaymentID"]), sendable)
+        return results
+
+    def _delete_payment(self, ident: str, postings: Sequence[Posting]) -> list[PostingResult]:
+        body: dict[str, Any] = {"Status": "DELETED"}
+
+        def send(bodies: list[dict[str, Any]], key: str) -> Any:
+            return self.api.delete_payment(
+                self.tenant_id(), ident, jsonwire.dumps(bodies[0]), idempotency_key=key, _preload_content=False
+            )
+
+        first, *others = postings
+        try:
+            [result] = self._send(
+                PostingKind.PAYMENT_REVERSAL.value,
+                "Payments",
+                "PaymentID",
+                [(first, body)],
+                send,
+                prefix=[f"Payments/{ident}", *(p.identity for p in others)],
+                fallback_id=ident,
+            )
+        except FatalError as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+            result = _refused(first.key, f"Xero has no payment {ident}")
+        return [result, *(PostingResult(p.key, result.ok, result.external_id, result.reason) for p in others)]
+
     # --- outcomes unknown: find what Xero already has ---------------------------
 
     def find_posted(self, postings: Sequence[Posting]) -> dict[str, str]:
@@ -596,14 +668,21 @@ class XeroSource:
         transfers by ``Reference`` itself (a short, unpaged list); the reference is matched here. A
         document found in any status counts (one a person deleted was posted once: posting it again would
         post it twice). Allocations carry no reference: the parent's ``Allocations`` are read and matched by
-        invoice, amount and date, each allocation answering for one posting at most.
+        invoice, amount and date, each allocation answering for one posting at most. Surcharges are found
+        like spend money (``Type=="RECEIVE"``). A reversal is found when its payment (read by id) is
+        ``DELETED``: a deleted payment keeps its own reference, and one a person deleted is reversed all the
+        same (``post`` answers ``ok`` for it).
         """
         found: dict[str, str] = {}
         groups = _by_kind(postings)
         if groups.get(PostingKind.PAYMENT):
             found |= self._find_payments(groups[PostingKind.PAYMENT])
         if groups.get(PostingKind.FEE):
-            found |= self._find_spend(groups[PostingKind.FEE])
+            found |= self._find_bank_transactions(groups[PostingKind.FEE], "SPEND")
+        if groups.get(PostingKind.SURCHARGE):
+            found |= self._find_bank_transactions(groups[PostingKind.SURCHARGE], "RECEIVE")
+        if groups.get(PostingKind.PAYMENT_REVERSAL):
+            found |= self._find_reversals(groups[PostingKind.PAYMENT_REVERSAL])
         if groups.get(PostingKind.PAYOUT):
             found |= self._find_transfers(groups[PostingKind.PAYOUT])
         if groups.get(PostingKind.CREDIT_APPLICATION):
@@ -624,10 +703,10 @@ class XeroSource:
                     matches.add(key, str(item.get("PaymentID")), item.get("Status"))
         return matches.best()
 
-    def _find_spend(self, postings: Sequence[Posting]) -> dict[str, str]:
+    def _find_bank_transactions(self, postings: Sequence[Posting], kind: str) -> dict[str, str]:
         wanted = {_reference(p): p.key for p in postings}
         days = sorted(_as_date(p.payload.get("date"), self.clock) for p in postings)
-        where = f'Type=="SPEND" && Date>={_datetime(days[0])} && Date<={_datetime(days[-1])}'
+        where = f'Type=="{kind}" && Date>={_datetime(days[0])} && Date<={_datetime(days[-1])}'
         matches = _Matches()
         for item in self._read_all("BankTransactions", where=where, paged=True):
             key = wanted.get(str(item.get("Reference") or ""))
@@ -646,6 +725,20 @@ class XeroSource:
                 if key:
                     matches.add(key, str(item.get("BankTransferID")), item.get("Status"))
         return matches.best()
+
+    def _find_reversals(self, postings: Sequence[Posting]) -> dict[str, str]:
+        wanted: dict[str, list[str]] = {}
+        for posting in postings:
+            try:
+                wanted.setdefault(_payment_id(posting.payload), []).append(posting.key)
+            except _PayloadError:
+                continue  # post() refuses such a posting: it was never sent
+        found: dict[str, str] = {}
+        for item in self._where_ids("Payments", list(wanted)):
+            if item.get("Status") == "DELETED":
+                for key in wanted.get(str(item.get("PaymentID", "")).lower(), []):
+                    found[key] = str(item["PaymentID"])
+        return found
 
     def _find_allocations(self, postings: Sequence[Posting]) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -892,6 +985,35 @@ def _spend(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
     }
 
 
+def _receive(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A surcharge: money received into the clearing account, its one line income (Contact: the customer)."""
+    return {
+        "Type": "RECEIVE",
+        "Contact": {"ContactID": _required(payload, "customer_external_id")},
+        "BankAccount": {"Code": _required(payload, "account")},
+        "Date": _day(payload.get("date")),
+        "Reference": payload.get("reference") or key,
+        "LineAmountTypes": "NoTax",
+        "LineItems": [
+            {
+                "Description": payload.get("description") or "Card surcharge",
+                "Quantity": Decimal("1"),
+                "UnitAmount": _money(payload.get("amount")),
+                "AccountCode": _required(payload, "income_account"),
+            }
+        ],
+    }
+
+
+def _payment_id(payload: Mapping[str, Any]) -> str:
+    """The payment a reversal undoes, as Xero writes ids (a GUID, lower case)."""
+    value = str(_required(payload, "payment_external_id"))
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise _PayloadError(f"payment_external_id {value!r} is not a Xero PaymentID") from None
+
+
 def _transfer(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
     return {
         "FromBankAccount": {"Code": _required(payload, "from_account")},
@@ -915,6 +1037,7 @@ _WRITERS: Mapping[str, _Writer] = {
     PostingKind.PAYMENT: _Writer("Payments", _payment, "PaymentID", "create_payments", True),
     PostingKind.FEE: _Writer("BankTransactions", _spend, "BankTransactionID", "create_bank_transactions", True),
     PostingKind.PAYOUT: _Writer("BankTransfers", _transfer, "BankTransferID", "create_bank_transfer", False),
+    PostingKind.SURCHARGE: _Writer("BankTransactions", _receive, "BankTransactionID", "create_bank_transactions", True),
 }
 _ALLOCATION_CALLS: Mapping[str, str] = {
     "CreditNotes": "create_credit_note_allocation",

@@ -13,9 +13,11 @@ error shapes of Xero's OpenAPI spec (``xero_accounting.yaml``,
   ``pageSize``, ``If-Modified-Since``, a subset of ``where``, ``Statuses``,
   ``IDs`` and ``order``; single reads; batch writes of payments, spend money
   and bank transfers with ``summarizeErrors`` and ``Idempotency-Key``;
-  credit note / overpayment / prepayment allocations; payment deletion;
+  credit note / overpayment / prepayment allocations; payment deletion
+  (``POST /Payments/{PaymentID}``: the invoice is owed the amount again);
   the organisation's lock dates (``set_lock_dates``), which refuse API writes
-  dated on or before them with Xero's validation message;
+  dated on or before them with Xero's validation message (a payment's deletion
+  included); bank account balances (``bank_balance``) from what is not deleted;
 * Xero's rate limits per tenant (60 a minute, 5 in flight, 5000 a day) and per
   app (10,000 a minute), answered with HTTP 429, ``Retry-After`` and
   ``X-Rate-Limit-Problem``, and the ``X-*Limit-Remaining`` headers on every
@@ -1276,6 +1278,26 @@ class XeroSandbox:
                     return ident
         raise KeyError(f"no account {code_or_name!r}")
 
+    def bank_balance(self, tenant_id: str, code_or_name: str) -> Decimal:
+        """A bank account's balance, as Xero's Bank Summary report closes it: money received into it (payments
+        of sales invoices, RECEIVE bank transactions, transfers in) less money spent from it, counting only
+        what is not deleted or voided. A deleted payment drops out of it."""
+        with self._lock:
+            tenant = self._tenant(tenant_id)
+            account = self.account_id(tenant_id, code_or_name)
+            total = _ZERO
+            for stored in tenant.collections["Payments"].rows.values():
+                payment = self._core(stored)
+                if payment.get("AccountID") == account and payment.get("Status") == "AUTHORISED":
+                    sign = 1 if payment["PaymentType"] in ("ACCRECPAYMENT", "APCREDITPAYMENT") else -1
+                    total += sign * payment["BankAmount"]
+            for stored in tenant.collections["BankTransactions"].rows.values():
+                transaction = self._core(stored)
+                if transaction.get("BankAccountID") == account and transaction.get("Status") == "AUTHORISED":
+                    sign = 1 if str(transaction["Type"]).startswith("RECEIVE") else -1
+                    total += sign * transaction["Total"]
+            return total
+
     def load_compact_invoices(self, tenant_id: str, rows: Iterable[Sequence[Any]]) -> int:
         """Bulk-load one-line invoices without payments (benchmarks).
 
@@ -2067,6 +2089,11 @@ class XeroSandbox:
         payment = self._core(stored)
         if payment["Status"] == "DELETED":
             raise XeroValidationError("This payment has already been deleted")
+        locked = self._locked(tenant, payment["Date"])
+        if locked:
+            # Deleting a payment changes the books on the payment's date: refused on or before a lock date,
+            # with the message Xero gives for any document dated there.
+            raise XeroValidationError(*locked)
         stamp = self._now_ms()
         for name, id_field, balance in (
             ("Invoices", "InvoiceID", "AmountDue"),

@@ -1,18 +1,21 @@
 """What QuickBooks write-back sends and what the sandbox answers, against Intuit's XSDs and recorded traffic.
 
-The writer's batch items (a payment, a fee, a payout, both kinds of credit application) are captured from the
-sandbox's request log and every key is checked against the XSD type it claims to be; the sandbox's answers
-(the created Purchase and Deposit, the zero Payment, the updated Payment, the accounts with their balances,
-the item faults for a closed period and a deleted invoice) are checked the same way and against the recorded
+The writer's batch items (a payment, a fee, a payout, both kinds of credit application, a reversal's void and a
+surcharge's deposit) are captured from the sandbox's request log and every key is checked against the XSD type
+it claims to be, every ``operation`` against ``OperationEnum``; the sandbox's answers (the created Purchase and
+Deposit, the zero Payment, the updated Payment, the voided Payment, the accounts with their balances, the item
+faults for a closed period and a deleted invoice) are checked the same way and against the recorded
 ``batch/basic.yml`` exchange.
 """
 
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,7 +24,7 @@ import requests
 
 from connectors.base import Posting, PostingKind
 from connectors.quickbooks.sandbox import QuickBooksSandbox
-from tests.contract.test_qbo_sandbox import XSD_DIR, Xsd, recorded, structure
+from tests.contract.test_qbo_sandbox import XS, XSD_DIR, Xsd, recorded, structure
 from tests.integration.test_qbo_writer import connect
 from tests.support import FakeClock
 
@@ -200,3 +203,79 @@ def test_the_answers_are_declared_by_the_xsd_and_shaped_like_the_recording(sent:
     error = closed["Fault"]["Error"][0]
     assert (error["code"], error["element"], closed["Fault"]["type"]) == ("6210", "", "ValidationFault")
     assert error["Detail"].startswith("The account period has closed and the account books cannot be updated")
+
+
+def operations(xsd_dir: Path) -> set[str]:
+    """``OperationEnum`` of ``IntuitRestServiceDef.xsd``: what a ``BatchItemRequest``'s ``operation`` may be."""
+    root = ET.parse(xsd_dir / "IntuitRestServiceDef.xsd").getroot()
+    [enum] = [node for node in root if node.tag == XS + "simpleType" and node.get("name") == "OperationEnum"]
+    return {str(value.get("value")) for value in enum.iter(XS + "enumeration")}
+
+
+def test_a_reversal_is_a_void_item_and_a_surcharge_a_deposit_both_declared_by_the_xsd(
+    box: QuickBooksSandbox, xsd: Xsd
+) -> None:
+    clock = FakeClock(datetime(2020, 9, 29, 15, 0, tzinfo=UTC))
+    customer = str(box.put("Customer", {"DisplayName": "Amy's Bird Sanctuary"})["Id"])
+    clearing = str(box.put("Account", {"Name": "Clearing", "AccountType": "Other Current Asset"})["Id"])
+    income = str(box.put("Account", {"Name": "Surcharges", "Classification": "Revenue", "AccountType": "Income"})["Id"])
+    line = {"Amount": D("100.00"), "DetailType": "SalesItemLineDetail"}
+    invoice = str(box.put("Invoice", {"CustomerRef": {"value": customer}, "Line": [line]})["Id"])
+    common = {"currency": "USD", "date": DAY}
+    source = connect(box, clock)
+    paid = Posting(
+        "p:1",
+        PostingKind.PAYMENT.value,
+        {
+            **common,
+            "invoice_external_id": invoice,
+            "customer_external_id": customer,
+            "amount": D("100.00"),
+            "account": clearing,
+        },
+    )
+    [payment] = source.post([paid])
+    undo = Posting(
+        "r:1",
+        PostingKind.PAYMENT_REVERSAL.value,
+        {**common, "payment_external_id": payment.external_id, "amount": D("100.00"), "reason": "chargeback"},
+    )
+    extra = Posting(
+        "s:1",
+        PostingKind.SURCHARGE.value,
+        {
+            **common,
+            "customer_external_id": customer,
+            "amount": D("2.90"),
+            "account": clearing,
+            "income_account": income,
+        },
+    )
+
+    results = source.post([undo, extra])
+
+    assert [r.ok for r in results] == [True, True], [r.reason for r in results]
+    *_, (_, _, body) = [entry for entry in box.requests_log if "/batch" in entry[1]]
+    items = json.loads(body)["BatchItemRequest"]
+    assert [(item["operation"], next(k for k in item if k not in ("bId", "operation"))) for item in items] == [
+        ("void", "Payment"),
+        ("create", "Deposit"),
+    ]
+    assert {item["operation"] for item in items} <= operations(XSD_DIR)
+    problems: list[str] = []
+    for item in items:
+        [entity] = set(item) - {"bId", "operation"}
+        problems += xsd.undeclared(item[entity], entity, f"{entity}[{item['bId']}]")
+    voided, deposit = box.get("Payment", str(results[0].external_id)), box.get("Deposit", str(results[1].external_id))
+    assert voided is not None and deposit is not None
+    problems += xsd.undeclared(voided, "Payment", "Payment")
+    problems += xsd.undeclared(deposit, "Deposit", "Deposit")
+    assert problems == []
+    assert items[0]["Payment"] == {
+        "Id": payment.external_id,
+        "SyncToken": "0",
+        "sparse": True,
+        "PrivateNote": "p:1\nr:1",
+    }
+    assert voided["PrivateNote"] == "Voided - p:1\nr:1" and voided["TotalAmt"] == 0
+    assert deposit["Line"][0]["DepositLineDetail"] == {"Entity": {"value": customer}, "AccountRef": {"value": income}}

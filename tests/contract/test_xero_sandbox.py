@@ -930,3 +930,63 @@ def test_spec_delete_payment_example_does_not_match_its_schema() -> None:
     assert any("'Status' is a required property" in e for e in wrapped)
     bare = exchange_errors("POST", url, headers, json.dumps({"Status": "DELETED"}), 200, *response)
     assert not any("request" in e for e in bare), bare
+
+
+def test_a_payment_deletion_gives_the_invoice_back_its_amount_and_respects_lock_dates() -> None:
+    """``POST /Payments/{PaymentID}`` ``{"Status": "DELETED"}``: the invoice is owed the amount again and
+    the bank account no longer holds it. Refused on or before a lock date with the lock-date message
+    Xero gives any document dated there (the sandbox's assumption for a deletion: the payment's date is
+    the document date); every exchange matches the spec, the 400 included."""
+    box = XeroSandbox(FakeClock(START), rate_limits=False)
+    with box:
+        tenant = box.tenant_ids[0]
+        contact = box.put(tenant, "Contacts", {"Name": "Acme Plumbing", "IsCustomer": True})["ContactID"]
+        invoice = box.put(
+            tenant,
+            "Invoices",
+            {
+                "Type": "ACCREC",
+                "Contact": {"ContactID": contact},
+                "Status": "AUTHORISED",
+                "Date": "2024-04-01",
+                "LineItems": [
+                    {"Description": "x", "Quantity": 1, "UnitAmount": Decimal("90.00"), "AccountCode": "200"}
+                ],
+            },
+        )["InvoiceID"]
+        api = Api(box, tenant, box.issue_tokens()["access_token"])
+        paid = api.write(
+            "PUT",
+            "Payments",
+            {
+                "Payments": [
+                    {"Invoice": {"InvoiceID": invoice}, "Account": {"Code": "091"}, "Amount": 90, "Date": "2024-04-30"}
+                ]
+            },
+        )
+        payment_id = load(paid)["Payments"][0]["PaymentID"]
+        assert box.bank_balance(tenant, "091") == Decimal("90.00")
+        box.set_lock_dates(tenant, period_lock_date=date(2024, 4, 30))
+
+        refused = api.write("POST", f"Payments/{payment_id}", {"Status": "DELETED"})
+
+        assert refused.status_code == 400
+        [element] = load(refused)["Elements"]
+        message = "The document date cannot be before the period lock date, currently set at 30-Apr-2024"
+        assert element["ValidationErrors"] == [{"Message": message}]
+        assert box.get(tenant, "Payments", payment_id)["Status"] == "AUTHORISED"  # type: ignore[index]
+        assert box.get(tenant, "Invoices", invoice)["AmountDue"] == 0  # type: ignore[index]
+
+        box.set_lock_dates(tenant)
+        deleted = api.write("POST", f"Payments/{payment_id}", {"Status": "DELETED"})
+
+        assert deleted.status_code == 200 and load(deleted)["Payments"][0]["Status"] == "DELETED"
+        owed = box.get(tenant, "Invoices", invoice)
+        assert owed is not None and (owed["AmountDue"], owed["AmountPaid"], owed["Status"]) == (90, 0, "AUTHORISED")
+        assert box.bank_balance(tenant, "091") == 0
+        listed = load(api.get("Payments", where=f'PaymentID==Guid("{payment_id}")'))["Payments"]
+        assert [p["Status"] for p in listed] == ["DELETED"], "a deleted payment is still listed, as DELETED"
+        again = api.write("POST", f"Payments/{payment_id}", {"Status": "DELETED"})
+        assert again.status_code == 400
+        exchanges = list(box.requests_and_responses)
+    assert validate_exchanges(exchanges) == len(exchanges) == 5

@@ -386,6 +386,206 @@ def test_unapplied_cash_short_of_the_amount_is_parked(company: Company) -> None:
     assert company.balance("Invoice", invoice) == D("500.00")
 
 
+# --- payment reversals and surcharges -----------------------------------------------------------------------
+
+
+def reversal(company: Company, n: int, payment_id: str, amount: str, **extra: Any) -> Posting:
+    key = f"post:acme:acme-qbo:payment_reversal:pi_{n:04d}:returned"
+    payload: dict[str, Any] = {
+        "payment_external_id": payment_id,
+        "amount": D(amount),
+        "currency": "USD",
+        "date": TODAY + timedelta(days=3),
+        "reference": key,
+        "reason": "ACH return R01 (insufficient funds)",
+        **extra,
+    }
+    return Posting(key, PostingKind.PAYMENT_REVERSAL.value, payload)
+
+
+def surcharge(company: Company, n: int, amount: str, income: str, **extra: Any) -> Posting:
+    key = f"post:acme:acme-qbo:surcharge:pi_{n:04d}"
+    payload: dict[str, Any] = {
+        "customer_external_id": company.customer,
+        "amount": D(amount),
+        "currency": "USD",
+        "date": TODAY,
+        "account": company.clearing,
+        "income_account": income,
+        "reference": key,
+        "description": f"Card surcharge on invoice {n}",
+        **extra,
+    }
+    return Posting(key, PostingKind.SURCHARGE.value, payload)
+
+
+def income_account(company: Company) -> str:
+    body = {"Name": "Surcharge Income", "Classification": "Revenue", "AccountType": "Income"}
+    return str(company.box.put("Account", body)["Id"])
+
+
+def clearing(company: Company) -> Decimal:
+    return company.balance("Account", company.clearing, "CurrentBalance")
+
+
+def test_reversals_void_the_payments_and_the_invoices_are_owed_again_exactly(company: Company) -> None:
+    invoices = [company.invoice(a) for a in ("100.00", "80.00", "60.00")]
+    payments = [payment(company, n, invoices[n], a) for n, a in enumerate(("40.00", "80.00", "60.00"))]
+    paid = ok_ids(company.source.post(payments))
+    assert clearing(company) == D("180.00") and company.box.customer_balance(company.customer) == D("60.00")
+    reversals = [reversal(company, 0, paid[0], "40.00"), reversal(company, 1, paid[1], "80.00")]
+
+    results = company.source.post(reversals)
+
+    assert ok_ids(results) == paid[:2]
+    assert [company.balance("Invoice", i) for i in invoices] == [D("100.00"), D("80.00"), D("0.00")]
+    assert clearing(company) == D("60.00")  # 180.00 - 40.00 - 80.00
+    assert company.box.customer_balance(company.customer) == D("180.00")
+    [*_, (_, items)] = company.batches()
+    assert [(item["operation"], set(item["Payment"])) for item in items] == [
+        ("void", {"Id", "SyncToken", "sparse", "PrivateNote"})
+    ] * 2
+    for posted, undone, ident in zip(payments[:2], reversals, paid[:2], strict=True):
+        voided = company.box.get("Payment", ident)
+        assert voided is not None
+        assert (voided["TotalAmt"], voided["UnappliedAmt"]) == (0, 0)
+        assert voided["PrivateNote"] == f"Voided - {posted.key}\n{undone.key}"
+    assert company.balance("Payment", paid[2], "TotalAmt") == D("60.00")
+    batches = len(company.batches())
+
+    again = company.source.post(reversals)  # already void: nothing is sent, nothing changes
+
+    assert ok_ids(again) == paid[:2] and len(company.batches()) == batches
+    assert [company.balance("Invoice", i) for i in invoices] == [D("100.00"), D("80.00"), D("0.00")]
+    assert clearing(company) == D("60.00")
+    assert company.source.find_posted(reversals) == {r.key: i for r, i in zip(reversals, paid[:2], strict=True)}
+    # the payments themselves are still found: "Voided - " in front of their reference is read through
+    assert company.source.find_posted(payments) == {p.key: i for p, i in zip(payments, paid, strict=True)}
+
+
+def test_a_reversal_refused_in_a_closed_period_goes_through_as_a_new_attempt_once_reopened(company: Company) -> None:
+    invoice = company.invoice("90.00")
+    [ident] = ok_ids(company.source.post([payment(company, 1, invoice, "90.00")]))
+    undo = reversal(company, 1, ident, "90.00")
+    company.box.closing_date = TODAY
+
+    [refused] = company.source.post([undo])
+
+    assert (refused.ok, refused.retry) == (False, False)
+    assert "closed accounting period" in (refused.reason or "") and "code 6210" in (refused.reason or "")
+    assert company.balance("Invoice", invoice) == 0 and clearing(company) == D("90.00")
+
+    company.box.closing_date = None  # a person reopens the period
+    [replayed] = company.source.post([undo])  # the same attempt: QuickBooks replays its first answer
+    [posted] = company.source.post([Posting(undo.key, undo.kind, undo.payload, attempt=2)])
+
+    assert replayed == refused
+    assert posted.ok and posted.external_id == ident
+    assert company.balance("Invoice", invoice) == D("90.00") and clearing(company) == 0
+
+
+def test_a_reversal_of_a_payment_that_is_not_there_or_not_whole_is_refused(company: Company) -> None:
+    invoice = company.invoice("500.00")
+    first, gone = ok_ids(
+        company.source.post([payment(company, 1, invoice, "50.00"), payment(company, 2, invoice, "25.00")])
+    )
+    company.box.delete("Payment", gone)  # a person deleted it
+    postings = [
+        reversal(company, 1, "999999", "10.00"),
+        reversal(company, 2, gone, "25.00"),
+        reversal(company, 3, first, "49.99"),
+        reversal(company, 4, first, "50.00", currency="CAD"),
+    ]
+
+    results = company.source.post(postings)
+
+    assert [(r.ok, r.retry) for r in results] == [(False, False)] * 4
+    reasons = [r.reason or "" for r in results]
+    assert "code 610" in reasons[0] and "payment 999999 is not in QuickBooks" in reasons[0]
+    assert "code 610" in reasons[1] and f"payment {gone} is not in QuickBooks" in reasons[1]
+    assert "only a whole payment is voided" in reasons[2] and "in USD, the reversal in CAD" in reasons[3]
+    assert company.batches()[1:] == []  # nothing was sent
+    assert company.balance("Invoice", invoice) == D("450.00")
+    assert company.source.find_posted(postings) == {}
+
+
+def test_a_void_answered_stale_is_read_again_and_sent_once_more(company: Company) -> None:
+    invoice = company.invoice("70.00")
+    [ident] = ok_ids(company.source.post([payment(company, 1, invoice, "70.00")]))
+    edits: list[str] = []
+
+    def edit_elsewhere(method: str, path: str, body: str) -> None:
+        if "/batch" in path and not edits:  # somebody edits the payment between our read and our void
+            edits.append(company.box.update("Payment", ident, {"PaymentRefNum": "1042"})["SyncToken"])
+
+    company.box.on_request = edit_elsewhere
+    undo = reversal(company, 1, ident, "70.00")
+
+    [result] = company.source.post([undo])
+
+    assert result.ok and result.external_id == ident, result.reason
+    stale, fresh = company.batches()[1:]
+    assert stale[1][0]["Payment"]["SyncToken"] == "0" and fresh[1][0]["Payment"]["SyncToken"] == edits[0]
+    assert company.balance("Invoice", invoice) == D("70.00") and clearing(company) == 0
+
+
+def test_surcharges_are_deposits_of_income_into_clearing_batched_with_the_rest(company: Company) -> None:
+    income = income_account(company)
+    invoice = company.invoice("100.00")
+    postings = [
+        payment(company, 1, invoice, "100.00"),
+        surcharge(company, 1, "2.95", income),
+        surcharge(company, 2, "0.31", income, customer_external_id=None, description=None),
+    ]
+
+    results = company.source.post(postings)
+
+    _, first, second = ok_ids(results)
+    [(_, items)] = company.batches()
+    assert [next(k for k in item if k not in ("bId", "operation")) for item in items] == [
+        "Payment",
+        "Deposit",
+        "Deposit",
+    ]
+    assert clearing(company) == D("103.26")  # exactly 100.00 + 2.95 + 0.31
+    for ident, posting, amount in ((first, postings[1], D("2.95")), (second, postings[2], D("0.31"))):
+        deposit = company.box.get("Deposit", ident)
+        assert deposit is not None
+        assert deposit["DepositToAccountRef"] == {"value": company.clearing} and deposit["TotalAmt"] == amount
+        assert deposit["PrivateNote"] == posting.key and deposit["TxnDate"] == TODAY.isoformat()
+        [line] = deposit["Line"]
+        assert (line["Amount"], line["DetailType"]) == (amount, "DepositLineDetail")
+        assert line["DepositLineDetail"]["AccountRef"] == {"value": income}
+    first_line = company.box.get("Deposit", first)["Line"][0]  # type: ignore[index]
+    assert first_line["DepositLineDetail"]["Entity"] == {"value": company.customer}
+    assert first_line["Description"] == "Card surcharge on invoice 1"
+    assert "Entity" not in company.box.get("Deposit", second)["Line"][0]["DepositLineDetail"]  # type: ignore[index]
+    assert company.source.find_posted(postings[1:]) == {postings[1].key: first, postings[2].key: second}
+
+
+def test_a_lost_answer_leaves_reversals_and_surcharges_to_find_posted(company: Company) -> None:
+    income = income_account(company)
+    invoices = [company.invoice("30.00") for _ in range(2)]
+    paid = ok_ids(company.source.post([payment(company, n, invoices[n], "30.00") for n in range(2)]))
+    sent = [reversal(company, 0, paid[0], "30.00"), surcharge(company, 0, "0.90", income)]
+    never_sent = [reversal(company, 1, paid[1], "30.00"), surcharge(company, 1, "0.90", income)]
+    company.box.inject("drop_after", times=6, path_contains="/batch")  # every attempt's answer is lost
+
+    with pytest.raises(RetriableError):
+        company.source.post(sent)
+
+    assert company.box.count("Deposit") == 1 and company.balance("Invoice", invoices[0]) == D("30.00")
+    found = company.source.find_posted([*sent, *never_sent])
+    [deposit] = company.box.all("Deposit")
+    assert found == {sent[0].key: paid[0], sent[1].key: str(deposit["Id"])}
+
+    results = company.source.post(never_sent)  # only what was not found is posted again
+
+    assert len(ok_ids(results)) == 2
+    assert company.box.count("Deposit") == 2 and company.balance("Invoice", invoices[1]) == D("30.00")
+    assert clearing(company) == D("1.80")
+
+
 # --- failures, item by item ----------------------------------------------------------------------------------
 
 

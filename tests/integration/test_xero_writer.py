@@ -214,6 +214,33 @@ def credit(
     return Posting(key, PostingKind.CREDIT_APPLICATION.value, payload)
 
 
+def reversal(key: str, payment_id: str, amount: str, **extra: Any) -> Posting:
+    payload = {
+        "payment_external_id": payment_id,
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "date": TODAY + timedelta(days=3),
+        "reference": key,
+        "reason": "chargeback lost",
+        **extra,
+    }
+    return Posting(key, PostingKind.PAYMENT_REVERSAL.value, payload)
+
+
+def surcharge(key: str, customer: str, amount: str, day: date = TODAY, **extra: Any) -> Posting:
+    payload = {
+        "customer_external_id": customer,
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "date": day,
+        "account": "091",
+        "income_account": "200",
+        "reference": key,
+        **extra,
+    }
+    return Posting(key, PostingKind.SURCHARGE.value, payload)
+
+
 def wire_day(value: str) -> date:
     ms = parse_ms_date(value)
     assert ms is not None, value
@@ -306,6 +333,120 @@ def test_overpayment_and_prepayment_allocations_reduce_exactly(env: Env) -> None
     assert (Decimal(invoice["AmountDue"]), Decimal(invoice["AmountPaid"])) == (Decimal("20.00"), Decimal("80.00"))
     assert any("/Overpayments/" in e.url and "/Allocations?" in e.url for e in env.sandbox.requests_and_responses)
     assert any("/Prepayments/" in e.url and "/Allocations?" in e.url for e in env.sandbox.requests_and_responses)
+
+
+# --- payment reversals and surcharges -------------------------------------------------------------------
+
+
+def test_reversals_delete_the_payments_and_the_invoices_are_owed_again_exactly(env: Env) -> None:
+    invoices = [env.invoice(total) for total in ("100.00", "80.00", "60.00")]
+    amounts = ("40.00", "80.00", "60.00")
+    payments = [payment(f"pay:{n}", inv, amount) for n, (inv, amount) in enumerate(zip(invoices, amounts, strict=True))]
+    paid = [r.external_id for r in env.source.post(payments)]
+    assert all(paid) and env.sandbox.bank_balance(env.tenant, "091") == Decimal("180.00")
+    reversals = [reversal("undo:0", str(paid[0]), "40.00"), reversal("undo:1", str(paid[1]).upper(), "80.00")]
+    results: list[Any] = []
+
+    assert env.calls(lambda: results.extend(env.source.post(reversals))) == 3  # one read, one call per payment
+
+    assert [(r.ok, r.external_id) for r in results] == [(True, paid[0]), (True, paid[1])], results
+    assert [env.due(i) for i in invoices] == [Decimal("100.00"), Decimal("80.00"), Decimal("0.00")]
+    assert [env.row("Invoices", i)["Status"] for i in invoices] == ["AUTHORISED", "AUTHORISED", "PAID"]
+    assert [env.row("Payments", str(p))["Status"] for p in paid] == ["DELETED", "DELETED", "AUTHORISED"]
+    assert env.sandbox.bank_balance(env.tenant, "091") == Decimal("60.00")  # 180.00 - 40.00 - 80.00
+    deletes = [e for e in env.sandbox.requests_and_responses if e.method == "POST" and "/Payments/" in e.url]
+    assert [e.status for e in deletes] == [200, 200]
+
+    again: list[Any] = []
+    assert env.calls(lambda: again.extend(env.source.post(reversals))) == 1  # already deleted: read, not sent
+    assert again == results
+    assert [env.due(i) for i in invoices] == [Decimal("100.00"), Decimal("80.00"), Decimal("0.00")]
+    assert env.sandbox.bank_balance(env.tenant, "091") == Decimal("60.00")
+    assert env.source.find_posted(reversals) == {"undo:0": paid[0], "undo:1": paid[1]}
+    assert env.source.find_posted(payments) == {p.key: i for p, i in zip(payments, paid, strict=True)}
+
+
+def test_a_reversal_refused_in_a_locked_period_goes_through_as_a_new_attempt_once_unlocked(env: Env) -> None:
+    inv = env.invoice("75.00")
+    [made] = env.source.post([payment("pay:1", inv, "75.00")])
+    env.sandbox.set_lock_dates(env.tenant, period_lock_date=TODAY)  # the payment's month is closed
+    undo = reversal("undo:1", str(made.external_id), "75.00")
+
+    [refused] = env.source.post([undo])
+
+    assert (refused.ok, refused.retry) == (False, False)
+    assert refused.reason == "The document date cannot be before the period lock date, currently set at 20-Nov-2026"
+    assert env.due(inv) == Decimal("0.00") and env.sandbox.bank_balance(env.tenant, "091") == Decimal("75.00")
+
+    env.sandbox.set_lock_dates(env.tenant)  # a person unlocks the period
+    [replayed] = env.source.post([undo])  # the same attempt: the same Idempotency-Key, Xero's first answer
+    [posted] = env.source.post([Posting(undo.key, undo.kind, undo.payload, attempt=2)])
+
+    assert replayed == refused
+    assert posted.ok and posted.external_id == made.external_id
+    assert env.due(inv) == Decimal("75.00") and env.sandbox.bank_balance(env.tenant, "091") == Decimal("0.00")
+
+
+def test_a_reversal_of_a_payment_xero_does_not_have_or_not_whole_is_refused(env: Env) -> None:
+    inv = env.invoice("100.00")
+    [made] = env.source.post([payment("pay:1", inv, "50.00")])
+    postings = [
+        reversal("undo:unknown", "0f3b3d6e-47a4-4c2a-9d7b-6f1c1b8d2e11", "50.00"),
+        reversal("undo:not-a-guid", "12345", "50.00"),
+        reversal("undo:part", str(made.external_id), "20.00"),
+    ]
+
+    results = env.source.post(postings)
+
+    assert [(r.ok, r.retry) for r in results] == [(False, False)] * 3
+    assert results[0].reason == "Xero has no payment 0f3b3d6e-47a4-4c2a-9d7b-6f1c1b8d2e11"
+    assert "not a Xero PaymentID" in (results[1].reason or "")
+    assert "a payment is deleted whole" in (results[2].reason or "")
+    assert not any(e.method == "POST" and "/Payments/" in e.url for e in env.sandbox.requests_and_responses)
+    assert env.due(inv) == Decimal("50.00")
+    assert env.source.find_posted(postings) == {}
+
+
+def test_surcharges_are_receive_money_into_clearing_with_the_income_account(env: Env) -> None:
+    postings = [
+        surcharge("surcharge:acme:pi_1", env.customer, "2.95", description="Card surcharge on invoice INV-1"),
+        surcharge("surcharge:acme:pi_2", env.customer, "0.31"),
+    ]
+    results: list[Any] = []
+
+    assert env.calls(lambda: results.extend(env.source.post(postings))) == 1  # batched, like spend money
+
+    assert all(r.ok for r in results), results
+    made = env.by_reference("BankTransactions")
+    for posting, result, amount in zip(postings, results, ("2.95", "0.31"), strict=True):
+        receive = made[posting.key]
+        assert receive["BankTransactionID"] == result.external_id
+        assert (receive["Type"], receive["BankAccount"]["Code"], receive["Contact"]["ContactID"]) == (
+            "RECEIVE",
+            "091",
+            env.customer,
+        )
+        assert Decimal(receive["Total"]) == Decimal(amount) and wire_day(receive["Date"]) == TODAY
+        [line] = receive["LineItems"]
+        assert (line["AccountCode"], Decimal(line["LineAmount"])) == ("200", Decimal(amount))
+    assert made["surcharge:acme:pi_1"]["LineItems"][0]["Description"] == "Card surcharge on invoice INV-1"
+    assert made["surcharge:acme:pi_2"]["LineItems"][0]["Description"] == "Card surcharge"
+    assert env.sandbox.bank_balance(env.tenant, "091") == Decimal("3.26")
+    assert env.source.find_posted(postings) == {p.key: r.external_id for p, r in zip(postings, results, strict=True)}
+
+
+def test_a_surcharge_in_a_locked_period_or_without_a_customer_is_refused(env: Env) -> None:
+    env.sandbox.set_lock_dates(env.tenant, period_lock_date=LOCKED)
+    results = env.source.post(
+        [
+            surcharge("surcharge:locked", env.customer, "1.00", day=LOCKED),
+            surcharge("surcharge:nobody", env.customer, "1.00", customer_external_id=None),
+            surcharge("surcharge:good", env.customer, "1.00"),
+        ]
+    )
+    assert [(r.ok, r.retry) for r in results] == [(False, False), (False, False), (True, False)]
+    assert results[0].reason == PERIOD_LOCKED and "customer_external_id missing" in (results[1].reason or "")
+    assert env.sandbox.bank_balance(env.tenant, "091") == Decimal("1.00")
 
 
 # --- refusals: parked with Xero's message, the rest of the batch applied ---------------------------------
@@ -410,10 +551,17 @@ def test_a_lost_answer_raises_then_find_posted_finds_every_key_and_nothing_posts
     assert set(env.source.find_posted(postings)) == {p.key for p in postings}
 
 
-@pytest.mark.parametrize("kind", ["fee", "payout", "credit_note", "overpayment"])
+@pytest.mark.parametrize("kind", ["fee", "payout", "credit_note", "overpayment", "surcharge", "reversal"])
 def test_lost_answers_of_every_kind_are_found_by_find_posted(env: Env, kind: str) -> None:
     inv = env.invoice("100.00")
-    if kind == "fee":
+    if kind == "reversal":
+        first, second = (r.external_id for r in env.source.post([payment(f"pay:{n}", inv, "10.00") for n in (1, 2)]))
+        posting, path = reversal("undo:1", str(first), "10.00"), f"/Payments/{first}"
+        other = reversal("undo:2", str(second), "10.00")
+    elif kind == "surcharge":
+        posting, path = surcharge("surcharge:acme:1", env.customer, "1.45"), "/BankTransactions"
+        other = surcharge("surcharge:acme:2", env.customer, "1.45")
+    elif kind == "fee":
         posting, path, other = fee("fee:acme:1", "4.20"), "/BankTransactions", fee("fee:acme:2", "4.20")
     elif kind == "payout":
         posting, path = payout("payout:acme:po_9", "400.00", "po_9"), "/BankTransfers"
@@ -441,7 +589,10 @@ def test_lost_answers_of_every_kind_are_found_by_find_posted(env: Env, kind: str
     [result] = env.source.post([other])  # the one never sent goes through; the found one is not sent again
     assert result.ok
     assert env.source.find_posted([posting, other]).keys() == {posting.key, other.key}
-    if kind == "fee":
+    if kind in ("fee", "surcharge"):
         assert env.sandbox.count(env.tenant, "BankTransactions") == before[1] + 1
+    if kind == "reversal":
+        assert (before[0], env.due(inv)) == (Decimal("90.00"), Decimal("100.00"))
+        assert env.sandbox.bank_balance(env.tenant, "091") == Decimal("0.00")
     if kind in ("credit_note", "overpayment"):
         assert env.due(inv) == before[0] - Decimal(str(other.payload["amount"]))
