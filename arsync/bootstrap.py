@@ -21,6 +21,7 @@ from connectors.http import RateBudget
 from connectors.quickbooks.client import QuickBooksAuth, QuickBooksSettings, QuickBooksSource
 from connectors.stripe import StripeProcessor
 from connectors.xero.client import XeroAuth, XeroSettings, XeroSource
+from reconcile.echoes import recognise_echoes
 from sync.db import make_engine, require_migrated
 from sync.engine import PageObserver, SyncEngine, SyncPolicy
 from sync.models import Connection, Tenant
@@ -191,7 +192,14 @@ class App:
             overlap=timedelta(seconds=conn.overlap_seconds),
             delete_guard_ratio=conn.delete_guard_ratio,
         )
-        return SyncEngine(self.sessions, self.clock, policy=policy, stop=self.stop, on_page=on_page)
+        tenant = conn.tenant
+
+        def recognise(session: Session) -> None:
+            recognise_echoes(session, tenant)
+
+        return SyncEngine(
+            self.sessions, self.clock, policy=policy, stop=self.stop, on_page=on_page, after_run=recognise
+        )
 
 
 def build(config: Config, *, clock: Clock | None = None, sleeper: Sleeper | None = None) -> App:

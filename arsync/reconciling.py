@@ -101,6 +101,6 @@ class Reconciler:
             return int(getattr(released, "rowcount", 0))
 
     def report(self, since: date | None = None) -> Report:
-        with self.sessions() as session:
+        with self.sessions.begin() as session:
             recognise_echoes(session, self.tenant.name)
             return build_report(session, self.tenant.name, since)

@@ -97,6 +97,7 @@ class SyncEngine:
         stop: threading.Event | None = None,
         on_page: PageObserver | None = None,
         owner: str | None = None,
+        after_run: Callable[[Session], None] | None = None,
     ) -> None:
         self.owner = owner or lease.this_process()
         self.sessions = sessions
@@ -104,6 +105,9 @@ class SyncEngine:
         self.policy = policy or SyncPolicy()
         self.stop = stop or threading.Event()
         self.on_page = on_page
+        self.after_run = after_run
+        """Called in the transaction that closes a run which pulled (what was read may be ours: write-back's
+        echoes are recognised there, so nothing counts a posted payment twice once its echo is in)."""
 
     # --- entry points ----------------------------------------------------------
 
@@ -185,6 +189,8 @@ class SyncEngine:
         with self.sessions.begin() as session:
             if release:
                 lease.release(session, summary.connection, self.owner)
+                if self.after_run is not None:
+                    self.after_run(session)
             session.execute(
                 sa.update(SyncRun)
                 .where(col(SyncRun.id) == summary.run_id)
