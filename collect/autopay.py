@@ -20,14 +20,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from collect.charging import PlannedCharge
-from collect.policy import AutopayPolicy, Candidate
+from collect.policy import AutopayPolicy, AutopayRule, Candidate
 from collect.standing import (
     CHARGE_KIND,
     CREDIT_KIND,
@@ -49,6 +49,7 @@ from sync.models import ChargeInstalment, Invoice, JournalEntry, SavedPaymentMet
 
 CHARGEABLE = ("open", "partially_paid")
 YIELD_PER = 5000
+ZERO = Decimal(0)
 
 Mode = Literal["auto", "batch"]
 
@@ -145,6 +146,15 @@ class _Context:
     instalments: dict[InvoiceRef, list[tuple[int, date, Decimal]]]
     decided: set[tuple[str, str, str]]
     """(connection, invoice, part) of every charge already journaled: one decision is made once."""
+    part: str
+    """The decision's name in today's keys (``auto-2026-11-22``, ``batch-2026-11-22``)."""
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def why(self, rule: AutopayRule) -> str:
+        """The rule's description, made once per plan (items share the string)."""
+        if rule.name not in self.reasons:
+            self.reasons[rule.name] = rule.describe()
+        return self.reasons[rule.name]
 
 
 def _instalments(session: Session, connections: Sequence[str]) -> dict[InvoiceRef, list[tuple[int, date, Decimal]]]:
@@ -191,7 +201,22 @@ def _decided(
     return found
 
 
-def _open_invoices(session: Session, connections: Sequence[str], selection: Selection | None) -> Iterator[Invoice]:
+OPEN_COLUMNS = (
+    col(Invoice.connection_id),
+    col(Invoice.external_id),
+    col(Invoice.customer_external_id),
+    col(Invoice.number),
+    col(Invoice.issue_date),
+    col(Invoice.due_date),
+    col(Invoice.currency),
+    col(Invoice.balance),
+    col(Invoice.status),
+    col(Invoice.agreement_ref),
+)
+"""What a decision reads of an invoice: plain rows, not ORM entities (a million of those cost seconds)."""
+
+
+def _open_invoices(session: Session, connections: Sequence[str], selection: Selection | None) -> Iterator[Any]:
     enrolled = (
         sa.select(sa.literal(1))
         .where(
@@ -201,7 +226,7 @@ def _open_invoices(session: Session, connections: Sequence[str], selection: Sele
         )
         .exists()
     )
-    query = sa.select(Invoice).where(col(Invoice.connection_id).in_(connections))
+    query = sa.select(*OPEN_COLUMNS).where(col(Invoice.connection_id).in_(connections))
     if selection is None:
         query = query.where(col(Invoice.status).in_(CHARGEABLE), enrolled)
     else:
@@ -216,7 +241,7 @@ def _open_invoices(session: Session, connections: Sequence[str], selection: Sele
     query = query.order_by(
         col(Invoice.connection_id), col(Invoice.customer_external_id), col(Invoice.issue_date), col(Invoice.external_id)
     )
-    yield from session.execute(query.execution_options(yield_per=YIELD_PER)).scalars()
+    yield from session.execute(query.execution_options(yield_per=YIELD_PER))
 
 
 def plan_charges(
@@ -245,6 +270,7 @@ def plan_charges(
         credits=available_credits(session, tenant, connections) if policy.apply_credits else {},
         instalments=instalments,
         decided=_decided(session, tenant, today, instalments),
+        part=selection.part(today) if selection is not None else f"auto-{today.isoformat()}",
     )
     plan = ChargePlan(tenant, today, mode)
     for invoice in _open_invoices(session, connections, selection):
@@ -257,7 +283,7 @@ def plan_charges(
     return plan
 
 
-def _decide(ctx: _Context, invoice: Invoice, selection: Selection | None) -> PlanItem | str:
+def _decide(ctx: _Context, invoice: Any, selection: Selection | None) -> PlanItem | str:
     """The plan item for one invoice, or the reason it is not charged (a short, countable phrase)."""
     ref: InvoiceRef = (invoice.connection_id, invoice.external_id)
     customer: CustomerRef = (invoice.connection_id, invoice.customer_external_id or "")
@@ -273,11 +299,11 @@ def _decide(ctx: _Context, invoice: Invoice, selection: Selection | None) -> Pla
     decline = ctx.declines.get(ref)
     if decline is not None and decline.payment_method_id == method.payment_method_id:
         return f"last charge {decline.state} on this method: waiting for a new one (dunning has it)"
-    outstanding = ctx.outstanding.get(ref, Decimal(0))
+    outstanding = ctx.outstanding.get(ref, ZERO)
     due = invoice.balance - outstanding
     if due <= 0:
         return "already charged: payment on its way to the ledger"
-    part = selection.part(ctx.today) if selection is not None else f"auto-{ctx.today.isoformat()}"
+    part = ctx.part
     why = ""
     schedule = ctx.instalments.get(ref)
     if selection is not None:
@@ -314,7 +340,7 @@ def _decide(ctx: _Context, invoice: Invoice, selection: Selection | None) -> Pla
         rule, _ = ctx.policy.matching_rule(candidate, ctx.today)
         if rule is None:
             return "no auto-pay rule matches today"
-        why = rule.describe()
+        why = ctx.why(rule)
     _consume(ctx.credits.get(customer, []), uses)
     surcharge = Decimal(0)
     if ctx.policy.surcharge is not None and net > 0:
@@ -369,10 +395,12 @@ def _consume(credits: list[Credit], uses: list[CreditUse]) -> None:
 
 def journal_plan(session: Session, plan: ChargePlan, now: datetime) -> int:
     """Record the plan's charges and credit applications (in the caller's transaction). Returns charges recorded."""
-    recorded = 0
-    for item in plan.items:
-        for intent in item.credit_intents():
-            journal.record(session, intent, now)
-        if item.charge.amount > 0 and journal.record(session, item.charge.intent(), now):
-            recorded += 1
-    return recorded
+
+    def intents() -> Iterator[journal.Intent]:
+        for item in plan.items:
+            yield from item.credit_intents()
+            if item.charge.amount > 0:
+                yield item.charge.intent()
+
+    recorded = journal.record_many(session, intents(), now)
+    return sum(1 for key in recorded if key.startswith("charge:"))

@@ -57,7 +57,7 @@ def charge_key(tenant: str, connection: str, invoice: str, part: str, attempt: i
     return f"charge:{tenant}:{connection}:{invoice}:{part}:{attempt}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedCharge:
     tenant: str
     connection: str

@@ -107,6 +107,57 @@ def record(session: Session, intent: Intent, now: datetime) -> bool:
     return True
 
 
+def record_many(session: Session, intents: Iterable[Intent], now: datetime, *, chunk: int = 1000) -> list[str]:
+    """Journal many intents in the caller's transaction: per chunk, one lookup of the keys and one bulk insert.
+
+    Same rule as :func:`record`: a key already journaled is left as it is. Returns the keys recorded.
+    """
+    recorded: list[str] = []
+    batch: list[Intent] = []
+
+    def flush() -> None:
+        keys = [intent.key for intent in batch]
+        present = set(
+            session.execute(sa.select(col(JournalEntry.key)).where(col(JournalEntry.key).in_(keys))).scalars()
+        )
+        rows = []
+        for intent in batch:
+            if intent.key in present:
+                continue
+            present.add(intent.key)
+            rows.append(
+                {
+                    "key": intent.key,
+                    "tenant_id": intent.tenant,
+                    "kind": intent.kind,
+                    "subject": intent.subject,
+                    "payload": jsonwire.dumps(dict(intent.payload)),
+                    "status": "pending",
+                    "attempts": 0,
+                    "next_attempt_at": intent.not_before or now,
+                    "lease_owner": None,
+                    "lease_until": None,
+                    "external_id": None,
+                    "result": None,
+                    "error": None,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+            recorded.append(intent.key)
+        if rows:
+            session.execute(sa.insert(JournalEntry).execution_options(render_nulls=True), rows)
+        batch.clear()
+
+    for intent in intents:
+        batch.append(intent)
+        if len(batch) >= chunk:
+            flush()
+    if batch:
+        flush()
+    return recorded
+
+
 def claim(
     sessions: sessionmaker[Session],
     kind: str,

@@ -153,3 +153,21 @@ def test_a_tenant_scoped_worker_claims_only_its_tenants_entries(sessions: sessio
     claimed = journal.claim(sessions, "charge", "w", T0, tenant="acme")
     assert [c.key for c in claimed] == ["k-acme"]
     assert [c.key for c in journal.claim(sessions, "charge", "w", T0)] == ["k-other"]
+
+
+def test_recording_many_skips_keys_already_there(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        journal.record(s, intent("k1"), T0)
+    with sessions.begin() as s:
+        keys = journal.record_many(s, [intent("k1", "99.00"), intent("k2"), intent("k3"), intent("k2")], T0, chunk=2)
+    assert keys == ["k2", "k3"]
+    with sessions() as s:
+        rows = {
+            e.key: (e.status, e.next_attempt_at, journal.jsonwire.loads(e.payload)["amount"])
+            for e in journal.entries(s)
+        }
+    assert rows == {
+        "k1": ("pending", T0, Decimal("10.00")),
+        "k2": ("pending", T0, Decimal("10.00")),
+        "k3": ("pending", T0, Decimal("10.00")),
+    }
