@@ -187,11 +187,15 @@ class QuickBooksSource:
             per_second=settings.per_second,
             per_minute=settings.per_minute,
             concurrent=settings.concurrent,
+            # Intuit counts arrivals: a first call slowed by opening the connection lands later than it left,
+            # and the eleventh sent exactly a second after it would land inside the same second (a 429 and a
+            # minute lost, as QuickBooks sends no Retry-After). 50 ms covers that jitter.
+            margin=0.05,
         )
         self.transport = self._transport(budget, clock, sleeper)
         # /batch calls go through a transport of their own whose budget (40 a minute) takes the realm's
         # budget after its own, so every attempt, retries included, counts against both.
-        batches = RateBudget(clock, sleeper, per_minute=settings.batches_per_minute, parent=budget)
+        batches = RateBudget(clock, sleeper, per_minute=settings.batches_per_minute, parent=budget, margin=0.05)
         self.batch_transport = self._transport(batches, clock, sleeper)
         self._sdk: QuickBooks | None = None
         self._batch_sdk: QuickBooks | None = None
