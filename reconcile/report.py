@@ -21,7 +21,7 @@ from connectors import jsonwire
 from connectors.base import PostingKind
 from connectors.values import show_money
 from reconcile.postings import KIND
-from sync.models import BalanceLineRow, JournalEntry, Payout, ProcessorPayment, ProcessorRefund
+from sync.models import BalanceLineRow, JournalEntry, Payment, Payout, ProcessorPayment, ProcessorRefund
 
 CHARGE_LINES = ("charge", "payment")
 REFUND_LINES = ("refund", "payment_refund")
@@ -121,7 +121,42 @@ def build_report(session: Session, tenant: str, since: date | None = None) -> Re
         rows.append(row)
     parked = sorted((key, error or "") for key, (status, _, error, _) in postings.items() if status == "failed")
     waiting = sum(1 for status, *_ in postings.values() if status in ("pending", "in_flight"))
-    return Report(tenant, rows, parked, waiting, _partial_refunds(session, tenant))
+    return Report(tenant, rows, parked, waiting, _partial_refunds(session, tenant) + _posted_twice(session, tenant))
+
+
+def _posted_twice(session: Session, tenant: str) -> list[str]:
+    """Payments arsync posted that the ledger holds more than once (found by the reference the echo carries)."""
+    found = []
+    posted = session.execute(
+        sa.select(col(JournalEntry.key), col(JournalEntry.payload), col(JournalEntry.external_id)).where(
+            col(JournalEntry.tenant_id) == tenant,
+            col(JournalEntry.kind) == KIND,
+            col(JournalEntry.status) == "done",
+            col(JournalEntry.subject).like(f"{PostingKind.PAYMENT.value}:%"),
+            col(JournalEntry.external_id).is_not(None),
+        )
+    )
+    for key, payload, external_id in posted:
+        connection = str(jsonwire.loads(payload)["connection"])
+        reference = session.execute(
+            sa.select(col(Payment.reference)).where(
+                col(Payment.connection_id) == connection, col(Payment.external_id) == external_id
+            )
+        ).scalar_one_or_none()
+        if not reference:
+            continue
+        copies = session.execute(
+            sa.select(sa.func.count())
+            .select_from(Payment)
+            .where(
+                col(Payment.connection_id) == connection,
+                col(Payment.reference) == reference,
+                col(Payment.status) != "void",
+            )
+        ).scalar_one()
+        if copies > 1:
+            found.append(f"posted twice: {key} ({copies} payments with reference {reference} in {connection})")
+    return found
 
 
 def _partial_refunds(session: Session, tenant: str) -> list[str]:

@@ -413,3 +413,29 @@ def test_surcharges_are_income_in_clearing_or_parked_without_an_income_account(
         "79",
         "35",
     )
+
+
+def test_a_payment_the_ledger_holds_twice_is_reported(
+    sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
+) -> None:
+    ledger = MemoryLedger()
+    reconciler(sessions, tenant, ledger, clock).run()
+    with sessions.begin() as s:  # the sync reads back the payment, and a copy someone made by hand
+        for external_id in ("L1", "L99"):
+            s.add(
+                Payment(
+                    connection_id=L.CONN,
+                    external_id=external_id,
+                    customer_external_id="c1",
+                    currency="USD",
+                    amount=Decimal("100.00"),
+                    unapplied=Decimal(0),
+                    status="applied",
+                    reference="AR-1234",
+                    synced_at=NOW,
+                )
+            )
+    report = reconciler(sessions, tenant, ledger, clock).report()
+    assert report.other == [
+        "posted twice: post:acme:acme-qbo:payment:pi_1 (2 payments with reference AR-1234 in acme-qbo)"
+    ]
