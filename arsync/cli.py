@@ -33,7 +33,12 @@ cli_reconcile.register(app)
 
 
 @config_app.command("check")
-def config_check(config: ConfigOption = DEFAULT_CONFIG) -> None:
+def config_check(
+    config: ConfigOption = DEFAULT_CONFIG,
+    ledgers: Annotated[
+        bool, typer.Option("--ledgers", help="Also check write-back accounts against each ledger's chart of accounts.")
+    ] = False,
+) -> None:
     """Validate the config and report every problem with its key and file."""
     try:
         loaded = bootstrap(config).config
@@ -44,6 +49,27 @@ def config_check(config: ConfigOption = DEFAULT_CONFIG) -> None:
         raise typer.Exit(1) from None
     names = ", ".join(c.name for c in loaded.connections()) or "none"
     console.print(f"{config}: ok ({len(loaded.tenants)} tenant(s); connections: {names})", highlight=False)
+    if ledgers:
+        _check_ledger_accounts(config)
+
+
+def _check_ledger_accounts(config: Path) -> None:
+    """Write-back accounts against each ledger (needs the database and authorised connections)."""
+    found: list[str] = []
+    with open_app(config) as application:
+        for tenant in application.config.tenants:
+            if not any(c.writeback is not None for c in tenant.connections):
+                continue
+            try:
+                found += application.reconciler(tenant.name).account_problems()
+            except ConnectorError as exc:
+                found.append(f"tenant {tenant.name}: the ledger could not be read: {exc}")
+    if found:
+        err.print(f"{len(found)} write-back account problem(s):", highlight=False)
+        for line in found:
+            err.print(f"  {config}: {line}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    console.print("write-back accounts: ok", highlight=False)
 
 
 @db_app.command("upgrade")

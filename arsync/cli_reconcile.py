@@ -46,6 +46,9 @@ def _reconciler(config: Path, tenant: str | None) -> Iterator[Reconciler]:
 def reconcile_run(config: ConfigOption = DEFAULT_CONFIG, tenant: TenantOption = None) -> None:
     """Post every payment, fee and payout (and credit application) not in the books yet, exactly once."""
     with _reconciler(config, tenant) as reconciler:
+        problems = reconciler.account_problems()
+        if problems:
+            raise fail("write-back accounts do not match the ledger; nothing was posted:\n" + "\n".join(problems))
         result = reconciler.run()
         d = result.derived
         console.print(

@@ -116,7 +116,15 @@ def reconcile_job(app: App, tenant: str) -> None:
     if app.stop.is_set():
         return
     try:
-        run = app.reconciler(tenant).run()
+        reconciler = app.reconciler(tenant)
+        problems = reconciler.account_problems()
+        if problems:
+            log.error(
+                "write-back accounts do not match the ledger",
+                extra={"fields": {"tenant": tenant, "problems": problems}},
+            )
+            return
+        run = reconciler.run()
     except Exception:
         log.exception("reconcile crashed", extra={"fields": {"tenant": tenant}})
         return

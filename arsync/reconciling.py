@@ -13,6 +13,7 @@ from sqlmodel import col
 from arsync.config import TenantConfig
 from collect.standing import CREDIT_KIND
 from connectors.base import Clock, LedgerWriter
+from reconcile.accounts import account_problems
 from reconcile.echoes import recognise_echoes
 from reconcile.poster import PostingExecutor
 from reconcile.postings import KIND, Accounts, Derived, derive_postings
@@ -69,6 +70,13 @@ class Reconciler:
 
     def today(self) -> date:
         return self.clock().astimezone(self.tenant.tzinfo).date()
+
+    def account_problems(self) -> list[str]:
+        """Each ledger's write-back accounts against its chart of accounts (one read per ledger)."""
+        problems = []
+        for connection, accounts in self.ledgers().items():
+            problems += account_problems(connection, accounts, self.writers[connection].accounts())
+        return problems
 
     def run(self) -> ReconcileRun:
         """Recognise echoes, journal what the processor's tables call for, then post everything due."""

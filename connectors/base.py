@@ -294,8 +294,30 @@ class PostingResult:
     deleted invoice, validation): the posting is parked with ``reason``, never retried in a loop."""
 
 
+class AccountType(enum.StrEnum):
+    """What write-back needs to know of an account in the ledger's chart of accounts."""
+
+    BANK = "bank"
+    EXPENSE = "expense"
+    INCOME = "income"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class LedgerAccount:
+    ident: str
+    """What postings name it by: a QuickBooks account Id, a Xero account code."""
+    name: str
+    type: AccountType
+    active: bool = True
+
+
 class LedgerWriter(Protocol):
     """Writes postings to the accounting system, idempotently by ``key``."""
+
+    def accounts(self) -> list[LedgerAccount]:
+        """The ledger's chart of accounts (write-back's accounts are checked against it)."""
+        ...
 
     def post(self, postings: Sequence[Posting]) -> list[PostingResult]:
         """Post in the vendor's bulk form; one result per posting, in order. Raises ``RetriableError`` when the

@@ -23,10 +23,12 @@ from quickbooks import QuickBooks
 
 from connectors import jsonwire
 from connectors.base import (
+    AccountType,
     Actor,
     Clock,
     Entity,
     FatalError,
+    LedgerAccount,
     OAuthTokens,
     Page,
     Posting,
@@ -50,6 +52,15 @@ from connectors.quickbooks.mapping import (
 from connectors.quickbooks.writer import BatchWriter
 
 PAGE_SIZE = 1000
+QUICKBOOKS_ACCOUNT_TYPES = {
+    "Bank": AccountType.BANK,
+    "Expense": AccountType.EXPENSE,
+    "Other Expense": AccountType.EXPENSE,
+    "Cost of Goods Sold": AccountType.EXPENSE,
+    "Income": AccountType.INCOME,
+    "Other Income": AccountType.INCOME,
+}
+"""QuickBooks' ``AccountType`` values as write-back needs them; the rest (assets, liabilities, equity) are other."""
 """QuickBooks' MAXRESULTS and its per-entity CDC cap."""
 
 CDC_HORIZON_DAYS = 30
@@ -234,6 +245,24 @@ class QuickBooksSource:
     def _query(self, statement: str) -> dict[str, Any]:
         result: dict[str, Any] = self._client().query(statement)
         return result
+
+    def accounts(self) -> list[LedgerAccount]:
+        """The chart of accounts, 1000 a page (``Active`` in and out, so a deactivated one is named as such)."""
+        found: list[LedgerAccount] = []
+        start = 1
+        while True:
+            body = self._query(
+                f"SELECT * FROM Account WHERE Active IN (true, false) STARTPOSITION {start} MAXRESULTS {PAGE_SIZE}"
+            )
+            rows = body.get("QueryResponse", {}).get("Account", [])
+            for row in rows:
+                kind = QUICKBOOKS_ACCOUNT_TYPES.get(str(row.get("AccountType")), AccountType.OTHER)
+                found.append(
+                    LedgerAccount(str(row["Id"]), str(row.get("Name", "")), kind, bool(row.get("Active", True)))
+                )
+            if len(rows) < PAGE_SIZE:
+                return found
+            start += PAGE_SIZE
 
     def _send_batch(self, body: Mapping[str, Any], request_id: str) -> dict[str, Any]:
         """POST ``/batch?requestid=…`` through the SDK (its ``batch_operation`` cannot carry a requestid)."""

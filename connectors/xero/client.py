@@ -29,10 +29,12 @@ from xero_python.identity import IdentityApi
 
 from connectors import jsonwire
 from connectors.base import (
+    AccountType,
     Actor,
     Clock,
     Entity,
     FatalError,
+    LedgerAccount,
     OAuthTokens,
     Page,
     Posting,
@@ -58,6 +60,16 @@ from connectors.xero.mapping import (
 
 PAGE_SIZE = 1000
 BATCH_SIZE = 50
+XERO_ACCOUNT_TYPES = {
+    "BANK": AccountType.BANK,
+    "EXPENSE": AccountType.EXPENSE,
+    "OVERHEADS": AccountType.EXPENSE,
+    "DIRECTCOSTS": AccountType.EXPENSE,
+    "REVENUE": AccountType.INCOME,
+    "SALES": AccountType.INCOME,
+    "OTHERINCOME": AccountType.INCOME,
+}
+"""Xero's account ``Type`` values as write-back needs them; the rest are other."""
 """Xero recommends at most 50 items per PUT."""
 LOOKUP_CHUNK = 25
 """Ids or references per ``where`` of a lookup (an ``OR`` of 25 keeps the URL short)."""
@@ -656,6 +668,20 @@ class XeroSource:
                 raise
             result = _refused(first.key, f"Xero has no payment {ident}")
         return [result, *(PostingResult(p.key, result.ok, result.external_id, result.reason) for p in others)]
+
+    def accounts(self) -> list[LedgerAccount]:
+        """The chart of accounts (``GET /Accounts``: not paged), by code; archived ones marked inactive."""
+        body = _read_json(
+            self.connection, "Accounts", self.api.get_accounts(self.tenant_id(), _preload_content=False).data
+        )
+        found = []
+        for item in body.get("Accounts", []) if isinstance(body, Mapping) else []:
+            code = item.get("Code")
+            if not code:
+                continue  # bank accounts may have no code: postings cannot name them
+            kind = XERO_ACCOUNT_TYPES.get(str(item.get("Type")), AccountType.OTHER)
+            found.append(LedgerAccount(str(code), str(item.get("Name", "")), kind, item.get("Status") == "ACTIVE"))
+        return found
 
     # --- outcomes unknown: find what Xero already has ---------------------------
 

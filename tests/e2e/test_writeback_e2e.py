@@ -394,3 +394,21 @@ def test_a_plan_right_after_the_sync_counts_a_posted_payment_once(world: World) 
     assert ledger_invoice(world, invoice).balance == D("150.00")
     [rest] = collector.plan(selection=Selection(invoices=only, reference="rest")).items
     assert (rest.outstanding, rest.charge.amount) == (D(0), D("150.00"))  # the plan says 50.00, 100.00
+
+
+def test_write_back_accounts_are_checked_against_the_chart_of_accounts(world: World) -> None:
+    assert world.reconciler().account_problems() == []
+    ok = arsync(world, "config", "check", "--ledgers")
+    assert ok.code == 0 and "write-back accounts: ok" in ok.out, ok.text
+    text = world.config.read_text()
+    wrong = text.replace(f'fee_account = "{world.books.fees}"', f'fee_account = "{world.books.clearing}"')
+    missing = wrong.replace(f'bank_account = "{world.books.bank}"', 'bank_account = "999999"')
+    world.config.write_text(missing)
+    checked = arsync(world, "config", "check", "--ledgers")
+    assert checked.code == 1, checked.text
+    where = f"tenants.*.connections.{world.name}.writeback"
+    assert f"{where}.bank_account: the ledger has no account '999999'" in checked.err
+    assert f"{where}.fee_account: account '{world.books.clearing}'" in checked.err
+    assert "is bank, write-back needs expense" in checked.err
+    refused = arsync(world, "reconcile", "run")
+    assert refused.code == 2 and "nothing was posted" in refused.err, refused.text
