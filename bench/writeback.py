@@ -74,7 +74,7 @@ from sqlmodel import col
 from arsync.bootstrap import App, bootstrap
 from arsync.reconciling import BATCH, ReconcileRun
 from arsync.sandboxes import SandboxConnection, authorise, quickbooks_connection, write_sandbox_config, xero_connection
-from connectors.base import LedgerWriter, Posting, PostingKind, PostingResult
+from connectors.base import LedgerAccount, LedgerWriter, Posting, PostingKind, PostingResult
 from connectors.http import CallStats, HttpTransport
 from connectors.quickbooks.client import QuickBooksSource
 from connectors.quickbooks.sandbox import QuickBooksSandbox
@@ -218,6 +218,9 @@ class TimedWriter:
 
     def find_posted(self, postings: Sequence[Posting]) -> dict[str, str]:
         return self.inner.find_posted(postings)
+
+    def accounts(self) -> list[LedgerAccount]:
+        return self.inner.accounts()
 
 
 @dataclass(frozen=True)
