@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
-from collect.standing import CREDIT_KIND
+from collect.standing import CREDIT_KIND, PROCESSOR_CREDIT
 from connectors.base import Clock, ConnectorError, LedgerWriter, Posting, PostingKind, PostingResult
 from sync.journal import Claimed, Done, GiveUp, Outcome, RetryAt
 from sync.models import Payment
@@ -96,6 +96,13 @@ class PostingExecutor:
         postings = []
         for entry in entries:
             posting = self._dated(posting_of(entry, self._source_kind))
+            if posting.kind == PostingKind.CREDIT_APPLICATION and posting.payload.get("source") == PROCESSOR_CREDIT:
+                outcomes[entry.key] = GiveUp(
+                    f"{PARKED}a payment made through a link for the customer's balance is not in the ledger yet:"
+                    f" apply {posting.payload['amount']} of {posting.payload['source_id']} to invoice"
+                    f" {posting.payload['invoice_external_id']} by hand"
+                )
+                continue
             if posting.kind == PostingKind.SURCHARGE and not posting.payload.get("income_account"):
                 outcomes[entry.key] = GiveUp(
                     f"{PARKED}no surcharge_account in [writeback] of {entry.payload['connection']}:"

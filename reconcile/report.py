@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from collect.standing import CREDIT_KIND
 from connectors import jsonwire
 from connectors.base import PostingKind
 from connectors.values import show_money
@@ -79,7 +80,7 @@ def build_report(session: Session, tenant: str, since: date | None = None) -> Re
                 col(JournalEntry.external_id),
                 col(JournalEntry.error),
                 col(JournalEntry.subject),
-            ).where(col(JournalEntry.tenant_id) == tenant, col(JournalEntry.kind) == KIND)
+            ).where(col(JournalEntry.tenant_id) == tenant, col(JournalEntry.kind).in_((KIND, CREDIT_KIND)))
         )
     }
     by_subject: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)

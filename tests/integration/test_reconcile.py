@@ -439,3 +439,33 @@ def test_a_payment_the_ledger_holds_twice_is_reported(
     assert report.other == [
         "posted twice: post:acme:acme-qbo:payment:pi_1 (2 payments with reference AR-1234 in acme-qbo)"
     ]
+
+
+def test_a_balance_payment_applied_by_auto_pay_is_parked_for_a_person(
+    sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
+) -> None:
+    with sessions.begin() as s:
+        L.invoice(s, "i3", "c1", "80.00")
+        s.add(
+            ProcessorPayment(
+                key="paylink:acme:acme-qbo:customer-c1:2026-11-20:80.00",
+                processor_id="pi_link",
+                tenant_id=L.TENANT,
+                connection_id=L.CONN,
+                customer_external_id="c1",
+                amount=Decimal("80.00"),
+                surcharge=Decimal(0),
+                currency="USD",
+                state="succeeded",
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+        policy = AutopayPolicy(rules=(AutopayRule(name="r", days_after_issue=0),))
+        journal_plan(s, plan_charges(s, L.TENANT, [L.CONN], policy, date(2026, 11, 26)), clock())
+    ledger = MemoryLedger()
+    reconciler(sessions, tenant, ledger, clock).run()
+    assert not [p for p in ledger.posted.values() if p.kind == "credit_application"]
+    [(key, reason)] = reconciler(sessions, tenant, ledger, clock).report().parked
+    assert key.startswith("apply_credit:acme:acme-qbo:i3:processor_payment:paylink:")
+    assert reason.startswith("parked: a payment made through a link for the customer's balance is not in the ledger")
