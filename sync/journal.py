@@ -232,6 +232,56 @@ def settle(session: Session, key: str, owner: str, outcome: Outcome, now: dateti
     return bool(getattr(updated, "rowcount", 0))
 
 
+def settle_many(
+    session: Session, outcomes: list[tuple[str, Outcome]], owner: str, now: datetime
+) -> list[tuple[str, Outcome]]:
+    """:func:`settle` for many entries at once: one UPDATE per kind of outcome, executed for all its rows.
+
+    Only entries ``owner`` still holds are settled (read under a row lock on PostgreSQL); the others are
+    left to whoever holds them. An outcome with a follow-up is settled alone (it records a new entry).
+    """
+    if not outcomes:
+        return []
+    query = sa.select(col(JournalEntry.key)).where(
+        col(JournalEntry.key).in_([key for key, _ in outcomes]),
+        col(JournalEntry.lease_owner) == owner,
+        col(JournalEntry.status) == "in_flight",
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    held = set(session.execute(query).scalars())
+    table: sa.Table = JournalEntry.__table__  # type: ignore[attr-defined]
+    mine = sa.and_(table.c.key == sa.bindparam("k"), table.c.lease_owner == owner, table.c.status == "in_flight")
+    released = {"updated_at": now, "lease_owner": None, "lease_until": None}
+    done: list[dict[str, Any]] = []
+    later: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    settled = []
+    for key, outcome in outcomes:
+        if key not in held:
+            continue
+        settled.append((key, outcome))
+        match outcome:
+            case Done(external_id, result):
+                text = json.dumps(dict(result), default=str, sort_keys=True) if result is not None else None
+                done.append({"k": key, "x": external_id, "r": text})
+            case RetryAt(when, error):
+                later.append({"k": key, "w": when, "e": error})
+            case GiveUp(error, None):
+                failed.append({"k": key, "e": error})
+            case GiveUp():
+                settle(session, key, owner, outcome, now)
+    statements: tuple[tuple[list[dict[str, Any]], dict[str, Any]], ...] = (
+        (done, {"status": "done", "external_id": sa.bindparam("x"), "result": sa.bindparam("r"), "error": None}),
+        (later, {"status": "pending", "next_attempt_at": sa.bindparam("w"), "error": sa.bindparam("e")}),
+        (failed, {"status": "failed", "error": sa.bindparam("e")}),
+    )
+    for rows, values in statements:
+        if rows:
+            session.execute(sa.update(table).where(mine).values({**released, **values}), rows)
+    return settled
+
+
 def run_due(
     sessions: sessionmaker[Session],
     kind: str,
@@ -290,12 +340,8 @@ def run_due_batch(
     except Exception as exc:
         _note_unknown(sessions, keys, owner, f"outcome unknown: {type(exc).__name__}: {exc}", clock())
         return []
-    settled = []
     with sessions.begin() as session:
-        for key in keys:
-            outcome = outcomes.get(key)
-            if outcome is not None and settle(session, key, owner, outcome, clock()):
-                settled.append((key, outcome))
+        settled = settle_many(session, [(k, outcomes[k]) for k in keys if k in outcomes], owner, clock())
     missing = [key for key in keys if key not in outcomes]
     if missing:
         _note_unknown(sessions, missing, owner, "outcome unknown: the handler returned none", clock())

@@ -171,3 +171,27 @@ def test_recording_many_skips_keys_already_there(sessions: sessionmaker[Session]
         "k2": ("pending", T0, Decimal("10.00")),
         "k3": ("pending", T0, Decimal("10.00")),
     }
+
+
+def test_settling_many_settles_only_what_the_worker_still_holds(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        for key in ("a", "b", "c"):
+            journal.record(s, intent(key), T0)
+    journal.claim(sessions, "charge", "w1", T0, lease=timedelta(minutes=1))
+    [taken] = journal.claim(sessions, "charge", "w2", T0 + timedelta(minutes=2), limit=1)  # w1's lease ran out
+    assert taken.key == "a"
+    outcomes = [
+        ("a", journal.Done("x-a")),
+        ("b", journal.RetryAt(T0 + timedelta(hours=1), "throttled")),
+        ("c", journal.GiveUp("parked: closed period")),
+    ]
+    with sessions.begin() as s:
+        settled = journal.settle_many(s, outcomes, "w1", T0 + timedelta(minutes=3))
+    assert [key for key, _ in settled] == ["b", "c"]
+    with sessions() as s:
+        rows = {e.key: (e.status, e.lease_owner, e.error) for e in journal.entries(s)}
+    assert rows == {
+        "a": ("in_flight", "w2", None),
+        "b": ("pending", None, "throttled"),
+        "c": ("failed", None, "parked: closed period"),
+    }
