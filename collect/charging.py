@@ -49,6 +49,8 @@ from sync.journal import Claimed, Done, GiveUp, Intent, Outcome
 from sync.models import Invoice, ProcessorPayment
 
 KIND = CHARGE_KIND
+NOTIFY_KIND = "notify"
+"""A message to a customer, decided here and sent by dunning's sender."""
 CHARGEABLE = ("open", "partially_paid")
 
 
@@ -216,8 +218,12 @@ class ChargeExecutor:
                 except ConnectorError as exc:
                     # The charge is over either way; the link can be made again when a reminder needs it.
                     return GiveUp(f"requires action: the customer must authenticate; payment link failed: {exc}")
-                where = f": {link.url}" if link is not None else ""
-                return GiveUp(f"requires action: the customer must authenticate; send a payment link{where}")
+                if link is None:
+                    return GiveUp("requires action: the customer must authenticate; send a payment link")
+                return GiveUp(
+                    f"requires action: the customer must authenticate; payment link {link.url}",
+                    follow_up=self._link_notice(planned, link),
+                )
         raise AssertionError(outcome.state)  # pragma: no cover
 
     def _remember(self, planned: PlannedCharge, outcome: ChargeOutcome) -> None:
@@ -279,6 +285,29 @@ class ChargeExecutor:
                 currency=planned.currency,
             )
         return link
+
+    @staticmethod
+    def _link_notice(planned: PlannedCharge, link: HostedLink) -> Intent:
+        """The decision to send the customer the link, journaled once with the charge's outcome.
+
+        Dunning's sender carries ``notify`` entries out (its templates, send windows and caps).
+        """
+        return Intent(
+            key=f"{NOTIFY_KIND}:paylink:{planned.key}",
+            tenant=planned.tenant,
+            kind=NOTIFY_KIND,
+            payload={
+                "template": "payment_link",
+                "reason": "requires_action",
+                "connection": planned.connection,
+                "invoice": planned.invoice,
+                "customer": planned.customer,
+                "url": link.url,
+                "amount": planned.amount,
+                "currency": planned.currency,
+            },
+            subject=f"invoice:{planned.connection}:{planned.invoice}",
+        )
 
     def _next_attempt(self, planned: PlannedCharge) -> Intent | None:
         first = planned.first_declined_at or self.clock()

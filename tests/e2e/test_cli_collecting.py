@@ -631,7 +631,10 @@ def test_three_d_secure_ends_with_a_payment_link(ledger: Ledger) -> None:
         Decimal("99.99"),
         "USD",
     )
-    assert f"requires action: the customer must authenticate; send a payment link: {link.url}" in run.err
+    assert f"requires action: the customer must authenticate; payment link {link.url}" in run.err
+    [notice] = [e for e in ledger.journal() if e.kind == "notify"]  # dunning's sender sends it
+    assert (notice.key, notice.status) == (f"notify:paylink:{charge_key('I5')}", "pending")
+    assert jsonwire.loads(notice.payload)["url"] == link.url
     session = ledger.stripe.get(f"/v1/checkout/sessions/{link.processor_id}")
     assert (
         session["mode"],
