@@ -84,7 +84,8 @@ class Reconciler:
             echoes = recognise_echoes(session, self.tenant.name)
             derived = derive_postings(session, self.tenant.name, self.ledgers(), self.tenant.timezone, self.clock())
         result = ReconcileRun(echoes, derived)
-        executor = PostingExecutor(self.sessions, self.writers, self.clock, self.today)
+        clearing = {connection: accounts.clearing for connection, accounts in self.ledgers().items()}
+        executor = PostingExecutor(self.sessions, self.writers, self.clock, self.today, clearing)
         for kind in (KIND, CREDIT_KIND):
             while not self.stop():
                 settled = journal.run_due_batch(

@@ -241,7 +241,11 @@ def unreflected_credit_applications(
     is later), at which point the ledger's own balances include it.
     """
     query = sa.select(
-        col(JournalEntry.status), col(JournalEntry.updated_at), col(JournalEntry.subject), col(JournalEntry.payload)
+        col(JournalEntry.status),
+        col(JournalEntry.updated_at),
+        col(JournalEntry.subject),
+        col(JournalEntry.payload),
+        col(JournalEntry.external_id),
     ).where(
         col(JournalEntry.tenant_id) == tenant,
         col(JournalEntry.kind) == CREDIT_KIND,
@@ -249,36 +253,62 @@ def unreflected_credit_applications(
     )
     if invoice is not None:
         query = query.where(col(JournalEntry.subject) == f"invoice:{invoice[0]}:{invoice[1]}")
-    found: list[tuple[CreditApplication, str, datetime | None]] = []
-    for status, updated_at, subject, payload in session.execute(query):
+    found: list[tuple[CreditApplication, str, datetime | None, str | None]] = []
+    for status, updated_at, subject, payload, external_id in session.execute(query):
         ref = _subject_invoice(subject)
         if ref is None:
             continue
         p = jsonwire.loads(payload)
         doc = (str(p["connection"]), str(p["source"]), str(p["source_id"]))
-        found.append((CreditApplication(ref, doc, Decimal(p["amount"])), status, updated_at))
-    posted = {app.document for app, status, _ in found if status == "done" and app.document[1] != PROCESSOR_CREDIT}
+        found.append((CreditApplication(ref, doc, Decimal(p["amount"])), status, updated_at, external_id))
+    posted = {a.document for a, status, _, _ in found if status == "done" and a.document[1] != PROCESSOR_CREDIT}
     synced = _synced_at(session, posted)
-    in_ledger = _payments_in_ledger(session, {a.document for a, _, _ in found if a.document[1] == PROCESSOR_CREDIT})
-    return [
-        app
-        for app, status, done_at in found
-        if not (status == "done" and done_at is not None and synced.get(app.document, done_at) > done_at)
-        and app.document not in in_ledger
-    ]
+    echoed = _echoed_payments(
+        session, {(a.document[0], x) for a, status, _, x in found if a.document[1] == PROCESSOR_CREDIT and x}
+    )
+    unreflected = []
+    for app, status, done_at, external_id in found:
+        if app.document[1] == PROCESSOR_CREDIT:
+            # Posted as a payment of its own: in the ledger once the sync has read that payment back.
+            if status == "done" and (app.document[0], external_id) in echoed:
+                continue
+        elif status == "done" and done_at is not None and synced.get(app.document, done_at) > done_at:
+            continue
+        unreflected.append(app)
+    return unreflected
 
 
-def _payments_in_ledger(session: Session, documents: set[tuple[str, str, str]]) -> set[tuple[str, str, str]]:
-    """Processor payments (paid through a link for a whole balance) that write-back has put in the ledger."""
-    if not documents:
-        return set()
-    keys = {key: doc for doc in documents for key in [doc[2]]}
-    rows = session.execute(
-        sa.select(col(ProcessorPayment.key)).where(
-            col(ProcessorPayment.key).in_(list(keys)), col(ProcessorPayment.applied_in_ledger_at).is_not(None)
+def _echoed_payments(session: Session, payments: set[tuple[str, str | None]]) -> set[tuple[str, str | None]]:
+    """Of (connection, ledger payment id), those the sync has read back into the ledger store."""
+    found = set()
+    for connection, external_id in payments:
+        exists = session.execute(
+            sa.select(col(Payment.id)).where(
+                col(Payment.connection_id) == connection, col(Payment.external_id) == external_id
+            )
+        ).first()
+        if exists is not None:
+            found.add((connection, external_id))
+    return found
+
+
+def allocated_balance_payments(session: Session, tenant: str) -> dict[tuple[str, str, str], Decimal]:
+    """Per balance payment (a processor payment for no one invoice): everything allocated from it so far.
+
+    The ledger never held this cash as unapplied, so an allocation reflected in the ledger still counts.
+    """
+    totals: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
+    for (payload,) in session.execute(
+        sa.select(col(JournalEntry.payload)).where(
+            col(JournalEntry.tenant_id) == tenant,
+            col(JournalEntry.kind) == CREDIT_KIND,
+            col(JournalEntry.status) != "failed",
         )
-    ).scalars()
-    return {keys[key] for key in rows}
+    ):
+        p = jsonwire.loads(payload)
+        if p.get("source") == PROCESSOR_CREDIT:
+            totals[(str(p["connection"]), PROCESSOR_CREDIT, str(p["source_id"]))] += Decimal(p["amount"])
+    return dict(totals)
 
 
 def _synced_at(session: Session, documents: set[tuple[str, str, str]]) -> dict[tuple[str, str, str], datetime]:
@@ -348,13 +378,14 @@ def available_credits(
         col(ProcessorPayment.returned).is_(False),
         col(ProcessorPayment.applied_in_ledger_at).is_(None),
     )
+    allocated = allocated_balance_payments(session, tenant)
     for link_connection, link_customer, key, currency, amount, created in session.execute(paid_by_link):
         if link_connection is None or link_customer is None:
             continue
         connection, customer = link_connection, link_customer
         if wanted is not None and (connection, customer) not in wanted:
             continue
-        left = amount - pending.get((connection, PROCESSOR_CREDIT, key), Decimal(0))
+        left = amount - allocated.get((connection, PROCESSOR_CREDIT, key), Decimal(0))
         if left > 0:
             issued = created.date() if created is not None else None
             credits[(connection, customer)].append(Credit(PROCESSOR_CREDIT, key, currency, left, issued))

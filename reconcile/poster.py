@@ -67,11 +67,14 @@ class PostingExecutor:
         writers: Mapping[str, LedgerWriter],
         clock: Clock,
         today: Callable[[], date],
+        clearing: Mapping[str, str] | None = None,
     ) -> None:
         self.sessions = sessions
         self.writers = writers
         self.clock = clock
         self.today = today
+        self.clearing = dict(clearing or {})
+        """Per connection, its clearing account (where shares of balance payments are received)."""
 
     def __call__(self, claimed: list[Claimed]) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
@@ -97,12 +100,7 @@ class PostingExecutor:
         for entry in entries:
             posting = self._dated(posting_of(entry, self._source_kind))
             if posting.kind == PostingKind.CREDIT_APPLICATION and posting.payload.get("source") == PROCESSOR_CREDIT:
-                outcomes[entry.key] = GiveUp(
-                    f"{PARKED}a payment made through a link for the customer's balance is not in the ledger yet:"
-                    f" apply {posting.payload['amount']} of {posting.payload['source_id']} to invoice"
-                    f" {posting.payload['invoice_external_id']} by hand"
-                )
-                continue
+                posting = self._balance_payment_share(entry, posting)
             if posting.kind == PostingKind.SURCHARGE and not posting.payload.get("income_account"):
                 outcomes[entry.key] = GiveUp(
                     f"{PARKED}no surcharge_account in [writeback] of {entry.payload['connection']}:"
@@ -120,6 +118,21 @@ class PostingExecutor:
             for result in writer.post(todo):
                 outcomes[result.key] = self._outcome(result)
         return outcomes
+
+    def _balance_payment_share(self, entry: Claimed, posting: Posting) -> Posting:
+        """A share of a payment made for a customer's whole balance: in the ledger it is a payment of its own,
+        into clearing (the ledger never held this cash, so there is no credit there to apply)."""
+        p = posting.payload
+        payload = {
+            "invoice_external_id": p["invoice_external_id"],
+            "customer_external_id": p["customer_external_id"],
+            "amount": p["amount"],
+            "currency": p["currency"],
+            "date": p["date"],
+            "account": self.clearing.get(str(entry.payload["connection"])),
+            "reference": posting.key,
+        }
+        return Posting(posting.key, PostingKind.PAYMENT.value, payload, posting.attempt)
 
     def _dated(self, posting: Posting) -> Posting:
         if posting.payload.get("date") is not None:

@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from collect.standing import CREDIT_KIND, PROCESSOR_CREDIT, available_credits, outstanding_charges
 from connectors.base import PostingKind
 from connectors.values import show_money
 from sync import journal
@@ -83,9 +84,11 @@ class Derived:
     payouts: int = 0
     surcharges: int = 0
     reversals: int = 0
+    allocations: int = 0
+    """Shares of balance payments (a link paid for a customer's whole balance) applied to invoices."""
 
     def total(self) -> int:
-        return self.payments + self.fees + self.payouts + self.surcharges + self.reversals
+        return self.payments + self.fees + self.payouts + self.surcharges + self.reversals + self.allocations
 
 
 REVERSING_DISPUTES = ("warning_needs_response", "warning_under_review", "needs_response", "under_review", "lost")
@@ -204,7 +207,62 @@ def derive_postings(
         if record(connection, PostingKind.FEE, line.id, payload):
             derived.fees += 1
     derived.payouts = _payouts(session, tenant, ledgers, owner_of, first, day, now)
+    derived.allocations = allocate_balance_payments(session, tenant, connections, now)
     return derived
+
+
+def allocate_balance_payments(session: Session, tenant: str, connections: list[str], now: datetime) -> int:
+    """Spread each payment made for a customer's whole balance over the customer's open invoices.
+
+    Oldest invoice first, each up to what it owes less what is on its way. Each share is an ``apply_credit``
+    entry (the same decision auto-pay makes when it applies that cash first), posted as a payment into
+    clearing. What is left over stays with the processor payment (the report says how much).
+    """
+    credits = available_credits(session, tenant, connections)
+    on_way = outstanding_charges(session, tenant)
+    recorded = 0
+    for (connection, customer), found in credits.items():
+        balance_payments = [c for c in found if c.source == PROCESSOR_CREDIT]
+        if not balance_payments:
+            continue
+        invoices = session.execute(
+            sa.select(col(Invoice.external_id), col(Invoice.balance), col(Invoice.currency))
+            .where(
+                col(Invoice.connection_id) == connection,
+                col(Invoice.customer_external_id) == customer,
+                col(Invoice.status).in_(("open", "partially_paid")),
+            )
+            .order_by(col(Invoice.issue_date), col(Invoice.external_id))
+        ).all()
+        owed = {i: b - on_way.get((connection, i), Decimal(0)) for i, b, _ in invoices}
+        for credit in balance_payments:
+            left = credit.available
+            for invoice, _balance, currency in invoices:
+                if left <= 0:
+                    break
+                share = min(left, owed[invoice])
+                if currency != credit.currency or share <= 0:
+                    continue
+                intent = journal.Intent(
+                    key=f"{CREDIT_KIND}:{tenant}:{connection}:{invoice}:{PROCESSOR_CREDIT}:{credit.external_id}:writeback",
+                    tenant=tenant,
+                    kind=CREDIT_KIND,
+                    payload={
+                        "connection": connection,
+                        "invoice": invoice,
+                        "customer": customer,
+                        "source": PROCESSOR_CREDIT,
+                        "source_id": credit.external_id,
+                        "amount": share,
+                        "currency": currency,
+                    },
+                    subject=f"invoice:{connection}:{invoice}",
+                )
+                if journal.record(session, intent, now):
+                    recorded += 1
+                    owed[invoice] -= share
+                    left -= share
+    return recorded
 
 
 def _posted_payments(session: Session, tenant: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from collect.standing import CREDIT_KIND
+from collect.standing import CREDIT_KIND, PROCESSOR_CREDIT
 from connectors import jsonwire
 from connectors.base import PostingKind
 from connectors.values import show_money
@@ -95,6 +95,7 @@ def build_report(session: Session, tenant: str, since: date | None = None) -> Re
             )
         )
     }
+    balance_payments = _balance_payments(session, tenant)
     query = sa.select(Payout).where(col(Payout.tenant_id) == tenant).order_by(col(Payout.arrival_date))
     if since is not None:
         query = query.where(col(Payout.arrival_date) >= since)
@@ -104,7 +105,7 @@ def build_report(session: Session, tenant: str, since: date | None = None) -> Re
         for line in session.execute(
             sa.select(BalanceLineRow).where(col(BalanceLineRow.payout_id) == payout.payout_id)
         ).scalars():
-            _add_line(row, line, by_subject, paid_payments)
+            _add_line(row, line, by_subject, paid_payments, balance_payments)
         for key, status, external_id in by_subject.get(f"{PostingKind.PAYOUT.value}:{payout.payout_id}", []):
             if status == "done":
                 row.deposited += _amount_of(session, key)
@@ -160,6 +161,36 @@ def _posted_twice(session: Session, tenant: str) -> list[str]:
     return found
 
 
+def _balance_payments(session: Session, tenant: str) -> dict[str, tuple[Decimal, Decimal, str]]:
+    """Payments made for a customer's whole balance: PaymentIntent -> (amount, shares posted, currency)."""
+    posted: dict[str, Decimal] = defaultdict(Decimal)
+    for (payload,) in session.execute(
+        sa.select(col(JournalEntry.payload)).where(
+            col(JournalEntry.tenant_id) == tenant,
+            col(JournalEntry.kind) == CREDIT_KIND,
+            col(JournalEntry.status) == "done",
+        )
+    ):
+        p = jsonwire.loads(payload)
+        if p.get("source") == PROCESSOR_CREDIT:
+            posted[str(p["source_id"])] += Decimal(p["amount"])
+    found = {}
+    for pi, key, amount, currency in session.execute(
+        sa.select(
+            col(ProcessorPayment.processor_id),
+            col(ProcessorPayment.key),
+            col(ProcessorPayment.amount),
+            col(ProcessorPayment.currency),
+        ).where(
+            col(ProcessorPayment.tenant_id) == tenant,
+            col(ProcessorPayment.invoice_external_id).is_(None),
+            col(ProcessorPayment.processor_id).is_not(None),
+        )
+    ):
+        found[str(pi)] = (amount, posted.get(key, Decimal(0)), currency)
+    return found
+
+
 def _partial_refunds(session: Session, tenant: str) -> list[str]:
     refunded: dict[str, Decimal] = defaultdict(Decimal)
     for pi, amount in session.execute(
@@ -187,6 +218,7 @@ def _add_line(
     line: BalanceLineRow,
     by_subject: dict[str, list[tuple[str, str, str | None]]],
     paid_payments: dict[str | None, str],
+    balance_payments: dict[str, tuple[Decimal, Decimal, str]],
 ) -> None:
     if line.type in CHARGE_LINES:
         row.payments += line.amount
@@ -194,6 +226,13 @@ def _add_line(
         posted = [s for _, s, _ in by_subject.get(f"{PostingKind.PAYMENT.value}:{payment}", [])]
         if payment not in paid_payments:
             row.problems.append(f"payment {payment or line.source_id} is not one arsync knows")
+        elif payment is not None and payment in balance_payments:
+            amount, applied, currency = balance_payments[payment]
+            if applied < amount:
+                row.problems.append(
+                    f"payment not applied in full: {payment} ({show_money(applied, currency)} of"
+                    f" {show_money(amount, currency)} in the books)"
+                )
         elif "done" not in posted:
             row.problems.append(f"payment not applied: {payment}")
     elif line.type in REFUND_LINES:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from arsync.config import TenantConfig, load_config
 from arsync.reconciling import Reconciler
+from collect import standing
 from collect.autopay import journal_plan, plan_charges
 from collect.policy import AutopayPolicy, AutopayRule
 from connectors.base import Posting, PostingResult, RetriableError
@@ -441,31 +442,85 @@ def test_a_payment_the_ledger_holds_twice_is_reported(
     ]
 
 
-def test_a_balance_payment_applied_by_auto_pay_is_parked_for_a_person(
+def _balance_payment(key: str, pi: str, customer: str, amount: str) -> ProcessorPayment:
+    return ProcessorPayment(
+        key=key,
+        processor_id=pi,
+        tenant_id=L.TENANT,
+        connection_id=L.CONN,
+        customer_external_id=customer,
+        amount=Decimal(amount),
+        surcharge=Decimal(0),
+        currency="USD",
+        state="succeeded",
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def test_a_balance_payment_auto_pay_applied_is_posted_as_a_payment_once(
     sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
 ) -> None:
     with sessions.begin() as s:
         L.invoice(s, "i3", "c1", "80.00")
-        s.add(
-            ProcessorPayment(
-                key="paylink:acme:acme-qbo:customer-c1:2026-11-20:80.00",
-                processor_id="pi_link",
-                tenant_id=L.TENANT,
-                connection_id=L.CONN,
-                customer_external_id="c1",
-                amount=Decimal("80.00"),
-                surcharge=Decimal(0),
-                currency="USD",
-                state="succeeded",
-                created_at=NOW,
-                updated_at=NOW,
-            )
-        )
+        s.add(_balance_payment("paylink:acme:acme-qbo:customer-c1:2026-11-20:80.00", "pi_link", "c1", "80.00"))
         policy = AutopayPolicy(rules=(AutopayRule(name="r", days_after_issue=0),))
         journal_plan(s, plan_charges(s, L.TENANT, [L.CONN], policy, date(2026, 11, 26)), clock())
     ledger = MemoryLedger()
-    reconciler(sessions, tenant, ledger, clock).run()
-    assert not [p for p in ledger.posted.values() if p.kind == "credit_application"]
-    [(key, reason)] = reconciler(sessions, tenant, ledger, clock).report().parked
-    assert key.startswith("apply_credit:acme:acme-qbo:i3:processor_payment:paylink:")
-    assert reason.startswith("parked: a payment made through a link for the customer's balance is not in the ledger")
+    run = reconciler(sessions, tenant, ledger, clock).run()
+    assert run.derived.allocations == 0  # auto-pay already applied it: no second allocation
+    [share] = [p for p in ledger.posted.values() if p.payload.get("invoice_external_id") == "i3"]
+    assert (share.kind, share.payload["amount"], share.payload["account"], share.payload["customer_external_id"]) == (
+        "payment",
+        Decimal("80.00"),
+        "35",
+        "c1",
+    )
+    assert reconciler(sessions, tenant, ledger, clock).report().parked == []
+
+
+def test_a_balance_payment_is_spread_over_the_oldest_invoices_and_counted_once(
+    sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
+) -> None:
+    with sessions.begin() as s:
+        L.customer(s, "c2", method=None)  # not on auto-pay: paid through a reminder's link
+        L.invoice(s, "i5", "c2", "70.00", issued=date(2026, 10, 1))
+        L.invoice(s, "i6", "c2", "80.00", issued=date(2026, 10, 15))
+        s.add(_balance_payment("paylink:acme:acme-qbo:customer-c2:2026-11-20:120.00", "pi_bal", "c2", "120.00"))
+    ledger = MemoryLedger()
+    run = reconciler(sessions, tenant, ledger, clock).run()
+    assert run.derived.allocations == 2
+    shares = sorted(
+        (p.payload["invoice_external_id"], p.payload["amount"])
+        for p in ledger.posted.values()
+        if p.payload.get("customer_external_id") == "c2"
+    )
+    assert shares == [("i5", Decimal("70.00")), ("i6", Decimal("50.00"))]
+    again = reconciler(sessions, tenant, ledger, clock).run()
+    assert (again.derived.total(), again.outcomes) == (0, [])
+    with sessions() as s:
+        assert standing.outstanding_charges(s, L.TENANT)[(L.CONN, "i6")] == Decimal("50.00")
+    ids = {
+        p.payload["invoice_external_id"]: key for key, p in ledger.posted.items() if "invoice_external_id" in p.payload
+    }
+    with sessions.begin() as s:  # the sync reads the two payments back, and the invoices' new balances
+        for invoice, balance in (("i5", "0.00"), ("i6", "30.00")):
+            external_id = f"L{list(ledger.posted).index(ids[invoice]) + 1}"
+            s.add(
+                Payment(
+                    connection_id=L.CONN,
+                    external_id=external_id,
+                    customer_external_id="c2",
+                    currency="USD",
+                    amount=Decimal(0),
+                    unapplied=Decimal(0),
+                    status="applied",
+                    synced_at=NOW,
+                )
+            )
+            s.query(Invoice).filter_by(external_id=invoice).one().balance = Decimal(balance)
+    with sessions() as s:
+        on_way = standing.outstanding_charges(s, L.TENANT)
+        assert (on_way.get((L.CONN, "i5")), on_way.get((L.CONN, "i6"))) == (None, None)
+        assert standing.available_credits(s, L.TENANT, [L.CONN]).get((L.CONN, "c2")) is None
+    assert reconciler(sessions, tenant, ledger, clock).run().derived.total() == 0
