@@ -305,7 +305,10 @@ class JournalEntry(SQLModel, table=True):
     """
 
     __tablename__ = "journal"
-    __table_args__ = (sa.Index("ix_journal_due", "kind", "status", "next_attempt_at"),)
+    __table_args__ = (
+        sa.Index("ix_journal_due", "kind", "status", "next_attempt_at"),
+        sa.Index("ix_journal_tenant_kind_created", "tenant_id", "kind", "created_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(max_length=250, unique=True)
