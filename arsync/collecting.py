@@ -24,7 +24,6 @@ from collect.links import LinkError, LinkSettings, payment_link, setup_link
 from collect.marks import LedgerRefError, resolve_customer, resolve_invoice
 from collect.processor_events import EventFollower, FollowReport
 from connectors.base import Clock, HostedLink, PaymentProcessor
-from reconcile.echoes import recognise_echoes
 from sync import journal
 from sync.models import ChargeInstalment, Invoice
 
@@ -81,7 +80,6 @@ class Collector:
     # --- charges --------------------------------------------------------------------------
 
     def plan(self, day: date | None = None, selection: Selection | None = None) -> ChargePlan:
-        self._recognise_echoes()
         with self.sessions() as session:
             return plan_charges(
                 session,
@@ -94,7 +92,6 @@ class Collector:
 
     def run(self, day: date | None = None, selection: Selection | None = None) -> RunResult:
         """Plan, journal the plan (one transaction), then carry out every charge that is due."""
-        self._recognise_echoes()
         with self.sessions.begin() as session:
             plan = plan_charges(
                 session,
@@ -106,11 +103,6 @@ class Collector:
             )
             recorded = journal_plan(session, plan, self.clock())
         return RunResult(plan, recorded, self.work())
-
-    def _recognise_echoes(self) -> None:
-        """Payments write-back posted and the sync read back are in the ledger's balances: not on their way."""
-        with self.sessions.begin() as session:
-            recognise_echoes(session, self.tenant.name)
 
     def executor(self) -> ChargeExecutor:
         return ChargeExecutor(

@@ -16,16 +16,20 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from arsync.bootstrap import App
+from arsync.reconciling import ReconcileRun
+from collect.processor_events import FollowReport
 
 log = logging.getLogger("arsync.daemon")
+T = TypeVar("T")
 
 
 class JsonLines(logging.Formatter):
@@ -82,17 +86,33 @@ def sync_job(app: App, name: str) -> None:
     )
 
 
+def _guarded(what: str, tenant: str, body: Callable[[], T]) -> T | None:
+    """Run one job's body; a crash is logged with its traceback and the daemon goes on to its next job.
+
+    Every charge, refund and posting inside is journaled before its call, so a crash leaves it in flight
+    (its outcome looked up next time), never lost.
+    """
+    try:
+        return body()
+    except Exception:
+        log.exception("%s crashed", what, extra={"fields": {"tenant": tenant}})
+        return None
+
+
 def follow_job(app: App, tenant: str) -> None:
     """The processor's events, then the charges and refunds that are due (retries of soft declines)."""
     if app.stop.is_set():
         return
-    try:
+
+    def body() -> tuple[FollowReport, int, int]:
         collector = app.collector(tenant)
         report, enrolled = collector.follow()
-        outcomes = collector.work()
-    except Exception:
-        log.exception("payments follow crashed", extra={"fields": {"tenant": tenant}})
+        return report, enrolled, len(collector.work())
+
+    done = _guarded("payments follow", tenant, body)
+    if done is None:
         return
+    report, enrolled, settled = done
     if any(c.writeback is not None for c in app.config.tenant(tenant).connections):
         reconcile_job(app, tenant)
     log.info(
@@ -104,7 +124,7 @@ def follow_job(app: App, tenant: str) -> None:
                 "by_kind": report.by_kind,
                 "payouts_loaded": report.payouts_loaded,
                 "enrolments": enrolled,
-                "settled": len(outcomes),
+                "settled": settled,
                 "warnings": report.warnings,
             }
         },
@@ -115,18 +135,20 @@ def reconcile_job(app: App, tenant: str) -> None:
     """Write-back: what the events brought in, into the books."""
     if app.stop.is_set():
         return
-    try:
+
+    def body() -> tuple[list[str], ReconcileRun | None]:
         reconciler = app.reconciler(tenant)
         problems = reconciler.account_problems()
-        if problems:
-            log.error(
-                "write-back accounts do not match the ledger",
-                extra={"fields": {"tenant": tenant, "problems": problems}},
-            )
-            return
-        run = reconciler.run()
-    except Exception:
-        log.exception("reconcile crashed", extra={"fields": {"tenant": tenant}})
+        return problems, None if problems else reconciler.run()
+
+    done = _guarded("reconcile", tenant, body)
+    if done is None:
+        return
+    problems, run = done
+    if run is None:
+        log.error(
+            "write-back accounts do not match the ledger", extra={"fields": {"tenant": tenant, "problems": problems}}
+        )
         return
     log.info(
         "reconciled",
@@ -145,10 +167,8 @@ def charge_job(app: App, tenant: str) -> None:
     """The day's auto-pay: plan, journal, charge."""
     if app.stop.is_set():
         return
-    try:
-        result = app.collector(tenant).run()
-    except Exception:
-        log.exception("auto-pay run crashed", extra={"fields": {"tenant": tenant}})
+    result = _guarded("auto-pay run", tenant, lambda: app.collector(tenant).run())
+    if result is None:
         return
     log.info(
         "auto-pay run",

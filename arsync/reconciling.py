@@ -110,6 +110,5 @@ class Reconciler:
             return int(getattr(released, "rowcount", 0))
 
     def report(self, since: date | None = None) -> Report:
-        with self.sessions.begin() as session:
-            recognise_echoes(session, self.tenant.name)
+        with self.sessions() as session:
             return build_report(session, self.tenant.name, since)

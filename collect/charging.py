@@ -31,7 +31,6 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
-from collect.enrolment import CustomerView
 from collect.links import LinkSettings, remember_link
 from collect.policy import DEFAULT_RETRY_DAYS
 from collect.standing import CHARGE_KIND, blocking_holds, outstanding_charges
@@ -272,12 +271,12 @@ class ChargeExecutor:
                 metadata={"arsync_invoice": planned.invoice, "arsync_connection": planned.connection},
             )
         )
-        customer = CustomerView(planned.tenant, planned.connection, planned.customer, planned.customer, None)
         with self.sessions.begin() as session:
             remember_link(
                 session,
                 key,
-                customer,
+                (planned.connection, planned.customer),
+                planned.tenant,
                 link,
                 self.clock(),
                 invoice=planned.invoice,

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
 from collect.enrolment import CustomerView, link_customer
-from collect.standing import InvoiceRef, outstanding_charges
+from collect.standing import CustomerRef, InvoiceRef, outstanding_charges
 from connectors.base import Clock, HostedLink, LinkRequest, PaymentProcessor
 from sync.models import HostedLinkRow, Invoice
 
@@ -39,7 +39,8 @@ class LinkSettings:
 def remember_link(
     session: Session,
     key: str,
-    customer: CustomerView,
+    owner: CustomerRef,
+    tenant: str,
     link: HostedLink,
     now: datetime,
     *,
@@ -47,15 +48,15 @@ def remember_link(
     amount: Decimal | None = None,
     currency: str | None = None,
 ) -> None:
-    """Keep a link made under ``key`` (once: the processor returns the same page for the same key)."""
+    """Keep a link made under ``key`` for ``owner`` (once: the processor returns the same page for the same key)."""
     if session.execute(sa.select(col(HostedLinkRow.id)).where(col(HostedLinkRow.key) == key)).first() is not None:
         return
     session.add(
         HostedLinkRow(
             key=key,
-            tenant_id=customer.tenant,
-            connection_id=customer.connection,
-            customer_external_id=customer.external_id,
+            tenant_id=tenant,
+            connection_id=owner[0],
+            customer_external_id=owner[1],
             invoice_external_id=invoice,
             mode="setup" if amount is None else "payment",
             processor_id=link.processor_id,
@@ -95,7 +96,7 @@ def setup_link(
         )
     )
     with sessions.begin() as session:
-        remember_link(session, key, customer, link, now)
+        remember_link(session, key, (customer.connection, customer.external_id), customer.tenant, link, now)
     return link
 
 
@@ -165,6 +166,14 @@ def payment_link(
     )
     with sessions.begin() as session:
         remember_link(
-            session, key, customer, link, now, invoice=invoice[1] if invoice else None, amount=amount, currency=currency
+            session,
+            key,
+            (customer.connection, customer.external_id),
+            customer.tenant,
+            link,
+            now,
+            invoice=invoice[1] if invoice else None,
+            amount=amount,
+            currency=currency,
         )
     return link, amount, currency

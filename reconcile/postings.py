@@ -71,9 +71,11 @@ def posting_key(tenant: str, connection: str, kind: PostingKind, ident: str) -> 
     return f"post:{tenant}:{connection}:{kind.value}:{ident}"
 
 
-def _intent(tenant: str, connection: str, kind: PostingKind, ident: str, payload: dict[str, Any]) -> journal.Intent:
+def _intent(
+    tenant: str, connection: str, kind: PostingKind, ident: str, payload: dict[str, Any], reference: str | None = None
+) -> journal.Intent:
     key = posting_key(tenant, connection, kind, ident)
-    body = {"connection": connection, "posting_kind": kind.value, "reference": key, **payload}
+    body = {"connection": connection, "posting_kind": kind.value, "reference": reference or key, **payload}
     return journal.Intent(key, tenant, KIND, body, f"{kind.value}:{ident}")
 
 
@@ -112,8 +114,10 @@ def derive_postings(
     def day(moment: datetime | None) -> date:
         return (moment or now).astimezone(tz).date()
 
-    def record(connection: str, kind: PostingKind, ident: str, payload: dict[str, Any]) -> bool:
-        return journal.record(session, _intent(tenant, connection, kind, ident, payload), now)
+    intents: list[journal.Intent] = []
+
+    def record(connection: str, kind: PostingKind, ident: str, payload: dict[str, Any]) -> None:
+        intents.append(_intent(tenant, connection, kind, ident, payload))
 
     payments = session.execute(
         sa.select(ProcessorPayment, col(Invoice.customer_external_id))
@@ -152,8 +156,8 @@ def derive_postings(
             "date": day(payment.created_at).isoformat(),
             "account": accounts.clearing,
         }
-        if not payment.returned and record(connection, PostingKind.PAYMENT, ident, payload):
-            derived.payments += 1
+        if not payment.returned:
+            record(connection, PostingKind.PAYMENT, ident, payload)
         if payment.surcharge > 0 and not payment.returned:
             surcharge = {
                 "customer_external_id": customer,
@@ -164,8 +168,7 @@ def derive_postings(
                 "income_account": accounts.surcharges,
                 "description": f"Card surcharge on invoice {payment.invoice_external_id}",
             }
-            if record(connection, PostingKind.SURCHARGE, ident, surcharge):
-                derived.surcharges += 1
+            record(connection, PostingKind.SURCHARGE, ident, surcharge)
         ledger_id = posted.get(posting_key(tenant, connection, PostingKind.PAYMENT, ident))
         if ledger_id is None:
             continue
@@ -177,10 +180,9 @@ def derive_postings(
                 "date": day(now).isoformat(),
                 "reason": reason,
             }
-            if record(connection, PostingKind.PAYMENT_REVERSAL, f"{ident}:{cause}", reversal):
-                derived.reversals += 1
-            if reapply and record(connection, PostingKind.PAYMENT, f"{ident}:{cause}-won", payload):
-                derived.payments += 1
+            record(connection, PostingKind.PAYMENT_REVERSAL, f"{ident}:{cause}", reversal)
+            if reapply:
+                record(connection, PostingKind.PAYMENT, f"{ident}:{cause}-won", payload)
     first = connections[0]
     for pi, owner in session.execute(
         sa.select(col(ProcessorPayment.processor_id), col(ProcessorPayment.connection_id)).where(
@@ -191,7 +193,8 @@ def derive_postings(
     ):
         if pi is not None and owner is not None:
             owner_of.setdefault(pi, owner)
-    for line in session.execute(sa.select(BalanceLineRow).where(col(BalanceLineRow.tenant_id) == tenant)).scalars():
+    lines = list(session.execute(sa.select(BalanceLineRow).where(col(BalanceLineRow.tenant_id) == tenant)).scalars())
+    for line in lines:
         if line.fee == 0:
             continue
         connection = owner_of.get(line.payment_processor_id or "", first)
@@ -204,9 +207,21 @@ def derive_postings(
             "description": f"Processing fee ({line.type} {line.source_id or line.id})",
             "contact_name": "Payment processor",
         }
-        if record(connection, PostingKind.FEE, line.id, payload):
-            derived.fees += 1
-    derived.payouts = _payouts(session, tenant, ledgers, owner_of, first, day, now)
+        record(connection, PostingKind.FEE, line.id, payload)
+    intents += _payouts(session, tenant, ledgers, owner_of, first, lines, day)
+    kinds = {intent.key: str(intent.payload["posting_kind"]) for intent in intents}
+    for key in journal.record_many(session, intents, now):
+        match kinds[key]:
+            case PostingKind.PAYMENT:
+                derived.payments += 1
+            case PostingKind.SURCHARGE:
+                derived.surcharges += 1
+            case PostingKind.PAYMENT_REVERSAL:
+                derived.reversals += 1
+            case PostingKind.FEE:
+                derived.fees += 1
+            case PostingKind.PAYOUT:
+                derived.payouts += 1
     derived.allocations = allocate_balance_payments(session, tenant, connections, now)
     return derived
 
@@ -337,22 +352,21 @@ def _payouts(
     ledgers: Mapping[str, Accounts],
     owner_of: Mapping[str, str],
     first: str,
+    lines: list[BalanceLineRow],
     day: Any,
-    now: datetime,
-) -> int:
-    recorded = 0
+) -> list[journal.Intent]:
+    """A deposit per paid payout with its lines loaded, per ledger: the net of that ledger's lines."""
+    shares: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for line in lines:
+        shares[line.payout_id][owner_of.get(line.payment_processor_id or "", first)] += line.net
+    intents = []
     paid = session.execute(
         sa.select(Payout).where(
             col(Payout.tenant_id) == tenant, col(Payout.status) == "paid", col(Payout.lines_loaded_at).is_not(None)
         )
     ).scalars()
     for payout in paid:
-        shares: dict[str, Decimal] = defaultdict(Decimal)
-        for line in session.execute(
-            sa.select(BalanceLineRow).where(col(BalanceLineRow.payout_id) == payout.payout_id)
-        ).scalars():
-            shares[owner_of.get(line.payment_processor_id or "", first)] += line.net
-        for connection, net in sorted(shares.items()):
+        for connection, net in sorted(shares[payout.payout_id].items()):
             if net <= 0:
                 continue
             arrival = payout.arrival_date.isoformat() if payout.arrival_date else day(None).isoformat()
@@ -364,10 +378,5 @@ def _payouts(
                 "from_account": ledgers[connection].clearing,
                 "to_account": ledgers[connection].bank,
             }
-            intent = _intent(tenant, connection, PostingKind.PAYOUT, payout.payout_id, payload)
-            intent = journal.Intent(
-                intent.key, tenant, KIND, {**intent.payload, "reference": payout.payout_id}, intent.subject
-            )
-            if journal.record(session, intent, now):
-                recorded += 1
-    return recorded
+            intents.append(_intent(tenant, connection, PostingKind.PAYOUT, payout.payout_id, payload, payout.payout_id))
+    return intents

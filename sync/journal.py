@@ -87,24 +87,7 @@ BatchHandler = Callable[[list[Claimed]], Mapping[str, Outcome]]
 
 def record(session: Session, intent: Intent, now: datetime) -> bool:
     """Journal an intent in the caller's transaction. False if the key was already there."""
-    exists = session.execute(sa.select(col(JournalEntry.id)).where(col(JournalEntry.key) == intent.key)).first()
-    if exists is not None:
-        return False
-    session.add(
-        JournalEntry(
-            key=intent.key,
-            tenant_id=intent.tenant,
-            kind=intent.kind,
-            subject=intent.subject,
-            payload=jsonwire.dumps(dict(intent.payload)),
-            status="pending",
-            next_attempt_at=intent.not_before or now,
-            created_at=now,
-            updated_at=now,
-        )
-    )
-    session.flush()
-    return True
+    return bool(record_many(session, [intent], now))
 
 
 def record_many(session: Session, intents: Iterable[Intent], now: datetime, *, chunk: int = 1000) -> list[str]:
