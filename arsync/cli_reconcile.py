@@ -53,7 +53,8 @@ def reconcile_run(config: ConfigOption = DEFAULT_CONFIG, tenant: TenantOption = 
         d = result.derived
         console.print(
             f"{result.echoes} posted payment(s) read back from the ledger; journaled {d.payments} payment(s),"
-            f" {d.fees} fee(s), {d.payouts} deposit(s); outcomes: {result.counts() or 'none'}",
+            f" {d.fees} fee(s), {d.payouts} deposit(s), {d.reversals} reversal(s), {d.refunds} refund(s),"
+            f" {d.allocations} allocation(s); outcomes: {result.counts() or 'none'}",
             highlight=False,
         )
         parked = 0

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, NamedTuple, NoReturn, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NamedTuple, NoReturn, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -49,6 +49,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from collect.policy import DEFAULT_RETRY_DAYS, SURCHARGE_EXEMPTIONS, AutopayPolicy, AutopayRule, SurchargePolicy
+
+if TYPE_CHECKING:  # arsync.config_dunning builds on this module, so it is imported where it is used
+    from arsync.config_dunning import DunningConfig
 
 __all__ = [
     "ENTITIES",
@@ -208,6 +211,11 @@ class RateLimitConfig:
     concurrent: int = 10
 
 
+ALLOCATION_CLASSES: tuple[str, ...] = ("collection_fees", "late_fees", "principal")
+"""Classes of invoices a balance payment is spread over, in the default order (as collection agencies apply
+money: their fees, then late fees, then principal)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WritebackConfig:
     """Where write-back books a connection's collected money (``[tenants.T.connections.C.writeback]``).
@@ -223,6 +231,19 @@ class WritebackConfig:
     """The expense account for processing fees."""
     surcharge_account: str | None = None
     """The income account for card surcharges (required when the tenant adds them)."""
+    refund_account: str | None = None
+    """Xero: the revenue account of the credit note a partial refund is booked as (required to book them)."""
+    refund_item: str | None = None
+    """QuickBooks: the Item (its Id) of a RefundReceipt's line, whose income account a partial refund reduces
+    (required to book them)."""
+    allocation_order: tuple[str, ...] = ALLOCATION_CLASSES
+    """The order a payment for a customer's whole balance pays classes of invoices in (oldest first within a
+    class): ``collection_fees``, ``late_fees``, ``principal``, each once."""
+    late_fee_items: tuple[str, ...] = ()
+    """The ledger's item refs of late fees: an invoice whose lines are all these is a late-fee invoice."""
+    collection_fee_items: tuple[str, ...] = ()
+    """The ledger's item refs of collection fees: an invoice whose lines are all these is a collection-fee
+    invoice."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -362,6 +383,8 @@ class TenantConfig:
     connections: tuple[ConnectionConfig, ...] = ()
     payments: PaymentsConfig | None = None
     """None: the tenant takes no payments through a processor and nothing is auto-charged."""
+    dunning: DunningConfig | None = None
+    """None: no reminders, fees or escalations (``[tenants.T.dunning]``, see :mod:`arsync.config_dunning`)."""
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:
@@ -530,6 +553,8 @@ class _RawTenant(_Section):
     connections: dict[str, object] = Field(default_factory=dict)
     # validated by _Loader.payments, which also resolves its API key
     payments: object = None
+    # validated by _Loader.dunning (arsync.config_dunning), which also resolves its secrets
+    dunning: object = None
 
     @field_validator("timezone")
     @classmethod
@@ -592,6 +617,33 @@ class _RawWriteback(_Section):
     bank_account: _NonBlank
     fee_account: _NonBlank
     surcharge_account: _NonBlank | None = None
+    refund_account: _NonBlank | None = None
+    refund_item: _NonBlank | None = None
+    allocation_order: list[Literal["collection_fees", "late_fees", "principal"]] | None = None
+    late_fee_items: list[_NonBlank] = Field(default_factory=list)
+    collection_fee_items: list[_NonBlank] = Field(default_factory=list)
+
+    @field_validator("allocation_order")
+    @classmethod
+    def _each_class_once(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        twice = sorted({c for c in value if value.count(c) > 1})
+        if twice:
+            raise ValueError(f"lists {', '.join(twice)} more than once: each class comes once")
+        missing = [c for c in ALLOCATION_CLASSES if c not in value]
+        if missing:
+            raise ValueError(f"must list each of {', '.join(ALLOCATION_CLASSES)} once (missing: {', '.join(missing)})")
+        return value
+
+    @field_validator("collection_fee_items")
+    @classmethod
+    def _one_kind_of_fee(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        late = set(info.data.get("late_fee_items") or ())
+        both = sorted(late & set(value))
+        if both:
+            raise ValueError(f"{', '.join(both)} also in late_fee_items: an item is one kind of fee")
+        return value
 
 
 class _RawConnection(_Section):
@@ -788,9 +840,17 @@ class _RawPaymentsCredential(_Section):
     api_key: _NonBlank | None = None
 
 
+class _RawDunningCredential(_Section):
+    smtp_password: _NonBlank | None = None
+    sms_auth_token: _NonBlank | None = None
+    suspension_secret: _NonBlank | None = None
+    agency_secret: _NonBlank | None = None
+
+
 class _RawCredentialsFile(_Section):
     connections: dict[str, _RawCredentialEntry] = Field(default_factory=dict)
     payments: dict[str, _RawPaymentsCredential] = Field(default_factory=dict)
+    dunning: dict[str, _RawDunningCredential] = Field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- messages
@@ -1044,6 +1104,9 @@ class _Loader:
         self.payment_credentials: dict[str, _RawPaymentsCredential | None] = {}
         # tenants with a [tenants.T.payments] table, for the file's unused entries
         self.payment_tenants: set[str] = set()
+        # the file's [dunning.TENANT] entries, and the tables each tenant's dunning section has
+        self.dunning_credentials: dict[str, _RawDunningCredential | None] = {}
+        self.dunning_tables: dict[str, frozenset[str]] = {}
 
     def problem(self, key: Sequence[str | int], message: str, file: str | None = None) -> None:
         self.problems.append(ConfigProblem(file or self.file, _dotted(key), message))
@@ -1140,8 +1203,16 @@ class _Loader:
         self.credentials = {}
         entries = doc.get("connections", {})
         payments = doc.get("payments", {})
-        top = {key: value for key, value in doc.items() if key not in ("connections", "payments")}
+        dunning = doc.get("dunning", {})
+        top = {key: value for key, value in doc.items() if key not in ("connections", "payments", "dunning")}
         self.validate(_RawCredentialsFile, top, (), file=str(path))
+        if isinstance(dunning, dict):
+            for tenant, body in dunning.items():
+                self.dunning_credentials[tenant] = self.validate(
+                    _RawDunningCredential, body, ("dunning", tenant), str(path)
+                )
+        else:
+            self.problem(("dunning",), f"must be a table, not {_describe(dunning)}", str(path))
         if isinstance(payments, dict):
             for tenant, body in payments.items():
                 # as for connections: a broken entry is reported here, once
@@ -1170,6 +1241,10 @@ class _Loader:
                 out.append(tenant)
         self.unused_credentials(owners)
         self.unused_payment_credentials(list(data))
+        if self.dunning_credentials:
+            from arsync.config_dunning import unused_dunning_credentials
+
+            unused_dunning_credentials(self, list(data))
         return tuple(out)
 
     def tenant(self, name: str, body: object, owners: dict[str, str]) -> TenantConfig | None:
@@ -1194,6 +1269,10 @@ class _Loader:
         if isinstance(body, dict) and "payments" in body:
             payments = self.payments(name, body["payments"])
             ok = ok and payments is not None
+        dunning: DunningConfig | None = None
+        if isinstance(body, dict) and "dunning" in body:
+            dunning = self.dunning(name, raw.display_name if raw and raw.display_name else name, body["dunning"])
+            ok = ok and dunning is not None
         if raw is None or not ok:
             return None
         return TenantConfig(
@@ -1203,6 +1282,7 @@ class _Loader:
             home_currency=raw.home_currency,
             connections=tuple(connections),
             payments=payments,
+            dunning=dunning,
         )
 
     def connection(self, tenant: str, name: str, body: object, owners: dict[str, str]) -> ConnectionConfig | None:
@@ -1339,6 +1419,12 @@ class _Loader:
         if raw is None or api_key is None or not ok:
             return None
         return _payments_config(raw, api_key)
+
+    def dunning(self, tenant: str, display_name: str, body: object) -> DunningConfig | None:
+        """``[tenants.T.dunning]``: policies, sending and escalation (read by :mod:`arsync.config_dunning`)."""
+        from arsync.config_dunning import read_dunning
+
+        return read_dunning(self, tenant, display_name, body)
 
     def payments_key(self, body: Mapping[str, object], prefix: _Loc, tenant: str) -> Secret | None:
         """The processor API key, from ``api_key_env`` or the credentials file (mirrors :meth:`secret`)."""
@@ -1501,6 +1587,11 @@ def _writeback(raw: _RawWriteback | None) -> WritebackConfig | None:
         bank_account=raw.bank_account,
         fee_account=raw.fee_account,
         surcharge_account=raw.surcharge_account,
+        refund_account=raw.refund_account,
+        refund_item=raw.refund_item,
+        allocation_order=tuple(raw.allocation_order) if raw.allocation_order is not None else ALLOCATION_CLASSES,
+        late_fee_items=tuple(raw.late_fee_items),
+        collection_fee_items=tuple(raw.collection_fee_items),
     )
 
 

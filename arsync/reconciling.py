@@ -16,7 +16,7 @@ from connectors.base import Clock, LedgerWriter
 from reconcile.accounts import account_problems
 from reconcile.echoes import recognise_echoes
 from reconcile.poster import PostingExecutor
-from reconcile.postings import KIND, Accounts, Derived, derive_postings
+from reconcile.postings import KIND, Accounts, AllocationOrder, Derived, derive_postings
 from reconcile.report import Report, build_report
 from sync import journal
 from sync.models import JournalEntry
@@ -63,6 +63,13 @@ class Reconciler:
                 c.writeback.bank_account,
                 c.writeback.fee_account,
                 c.writeback.surcharge_account,
+                c.writeback.refund_account,
+                c.writeback.refund_item,
+                AllocationOrder(
+                    c.writeback.allocation_order,
+                    frozenset(c.writeback.late_fee_items),
+                    frozenset(c.writeback.collection_fee_items),
+                ),
             )
             for c in self.tenant.connections
             if c.writeback is not None
@@ -82,7 +89,14 @@ class Reconciler:
         """Recognise echoes, journal what the processor's tables call for, then post everything due."""
         with self.sessions.begin() as session:
             echoes = recognise_echoes(session, self.tenant.name)
-            derived = derive_postings(session, self.tenant.name, self.ledgers(), self.tenant.timezone, self.clock())
+            derived = derive_postings(
+                session,
+                self.tenant.name,
+                self.ledgers(),
+                self.tenant.timezone,
+                self.clock(),
+                self.tenant.home_currency,
+            )
         result = ReconcileRun(echoes, derived)
         clearing = {connection: accounts.clearing for connection, accounts in self.ledgers().items()}
         executor = PostingExecutor(self.sessions, self.writers, self.clock, self.today, clearing)
@@ -111,4 +125,4 @@ class Reconciler:
 
     def report(self, since: date | None = None) -> Report:
         with self.sessions() as session:
-            return build_report(session, self.tenant.name, since)
+            return build_report(session, self.tenant.name, since, self.tenant.home_currency)

@@ -255,6 +255,7 @@ class EventFollower:
                         "currency": line.currency,
                         "created": line.created,
                         "reporting_category": line.reporting_category,
+                        "exchange_rate": line.exchange_rate,
                     }
                     _upsert(session, BalanceLineRow, line.id, values, keep=())
                 payout = session.get(Payout, payout_id)

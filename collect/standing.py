@@ -43,6 +43,10 @@ DECLINED = ("soft_decline", "hard_decline", "requires_action")
 BLOCKING_HOLDS = ("dispute", "hold")
 PROCESSOR_CREDIT = "processor_payment"
 """The credit source of a payment made at the processor for a customer's balance, not one invoice."""
+POSTING_KIND = "posting"
+"""Write-back's journal kind (``reconcile.postings.KIND``)."""
+OVERPAYMENT_SUBJECT = "overpayment:"
+"""Subject prefix of write-back's ``overpayment`` postings: what a balance payment left as unapplied credit."""
 
 InvoiceRef = tuple[str, str]
 """(connection, invoice external id)"""
@@ -295,9 +299,21 @@ def _echoed_payments(session: Session, payments: set[tuple[str, str | None]]) ->
 def allocated_balance_payments(session: Session, tenant: str) -> dict[tuple[str, str, str], Decimal]:
     """Per balance payment (a processor payment for no one invoice): everything allocated from it so far.
 
-    The ledger never held this cash as unapplied, so an allocation reflected in the ledger still counts.
+    The ledger never held this cash as unapplied, so an allocation reflected in the ledger still counts. What
+    write-back decided to post as the customer's unapplied credit (an ``overpayment`` posting, in any status:
+    a parked one waits for a person, it is never spread again) counts too: that money is the ledger's to
+    apply once the sync has read it back, never this processor payment's again.
     """
     totals: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
+    for (payload,) in session.execute(
+        sa.select(col(JournalEntry.payload)).where(
+            col(JournalEntry.tenant_id) == tenant,
+            col(JournalEntry.kind) == POSTING_KIND,
+            col(JournalEntry.subject).like(f"{OVERPAYMENT_SUBJECT}%"),
+        )
+    ):
+        p = jsonwire.loads(payload)
+        totals[(str(p["connection"]), PROCESSOR_CREDIT, str(p["processor_key"]))] += Decimal(p["amount"])
     for (payload,) in session.execute(
         sa.select(col(JournalEntry.payload)).where(
             col(JournalEntry.tenant_id) == tenant,

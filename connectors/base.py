@@ -235,10 +235,17 @@ class PostingKind(enum.StrEnum):
     * ``payment``: ``invoice_external_id``, ``customer_external_id``, ``amount``, ``currency``, ``date``,
       ``account`` (where the money sits until the payout: the clearing account), ``reference``,
       optional ``currency_rate``. A payment against one invoice, received into the clearing account.
+      ``currency_rate`` is given when ``currency`` is not the ledger's home currency: units of the home
+      currency per unit of ``currency``, the rate the processor converted the payment at (QuickBooks'
+      ``ExchangeRate`` states it this way; Xero's ``CurrencyRate`` is its inverse, which the Xero writer sends).
     * ``fee``: ``amount``, ``currency``, ``date``, ``from_account`` (clearing), ``expense_account``,
       ``reference``, optional ``description`` and ``contact_name`` (the processor). An expense paid from clearing.
     * ``payout``: ``amount``, ``currency``, ``date``, ``from_account`` (clearing), ``to_account`` (the bank),
       ``reference`` (the payout id, which the bank statement shows). Clearing to bank: the deposit.
+    * ``payout_debit``: ``amount`` (positive: what the processor took), ``currency``, ``date``, ``from_account``
+      (the bank), ``to_account`` (clearing), ``reference`` (the payout id). A payout whose lines net below zero
+      (refunds and chargebacks beyond the charges): the processor debited the bank, so the money moves back
+      from the bank to clearing (QuickBooks: a Transfer; Xero: a BankTransfer), matching the bank-feed line.
     * ``credit_application``: ``invoice_external_id``, ``customer_external_id``, ``source`` (``credit_note`` or
       ``payment``: unapplied cash), ``source_id``, ``amount``, ``currency``, ``date``, ``reference``, optional
       ``source_kind`` (for unapplied cash, the stored ``PaymentRecord.kind``: Xero keeps it as an
@@ -251,6 +258,23 @@ class PostingKind(enum.StrEnum):
       ``income_account``, ``reference``, optional ``description``. The card surcharge, received into clearing
       as income (QuickBooks: a Deposit with an income line; Xero: a RECEIVE bank transaction), its own line.
 
+    * ``overpayment``: ``customer_external_id``, ``amount``, ``currency``, ``date``, ``account`` (clearing),
+      ``reference``, ``processor_key`` (the processor payment's key). What is left of a payment made for a
+      customer's whole balance once it is spread over the open invoices: the customer's unapplied credit,
+      received into clearing (QuickBooks: a Payment with no linked lines, all of it unapplied; Xero: a
+      RECEIVE-OVERPAYMENT bank transaction, whose id is the Overpayment's). Its ledger id is the unapplied cash
+      the sync reads back.
+    * ``surcharge_reversal``: ``surcharge_external_id`` (the ledger's id of a surcharge write-back posted),
+      ``amount``, ``currency``, ``date``, ``reference``, ``reason``. The surcharge of a payment refunded in full
+      (amount and surcharge) is undone: QuickBooks deletes its Deposit (the API has no void for a Deposit);
+      Xero sets its RECEIVE bank transaction ``DELETED``. One already gone is undone all the same.
+    * ``refund``: ``refund_id`` (the processor's), ``invoice_external_id`` (the invoice the refunded payment
+      paid), ``customer_external_id``, ``amount``, ``currency``, ``date``, ``account`` (clearing: where the money
+      goes back to the customer from), ``reference``, ``refund_item`` (QuickBooks: the Item of the refund line)
+      and ``income_account`` (Xero: the account of the credit note's line), optional ``description``. A refund
+      smaller than its payment, booked: QuickBooks a RefundReceipt paid from clearing; Xero a credit note
+      (ACCRECCREDIT) for the amount and a refund payment on it from clearing. The invoice stays paid.
+
     ``account``-like values are the ledger's own identifiers (a QuickBooks account Id, a Xero account code).
     ``reference`` is the posting's key unless the payload says otherwise: it is how a posting whose outcome
     is unknown is found again, and how its echo is recognised when the sync reads it back.
@@ -259,9 +283,13 @@ class PostingKind(enum.StrEnum):
     PAYMENT = "payment"
     FEE = "fee"
     PAYOUT = "payout"
+    PAYOUT_DEBIT = "payout_debit"
     CREDIT_APPLICATION = "credit_application"
     PAYMENT_REVERSAL = "payment_reversal"
     SURCHARGE = "surcharge"
+    REFUND = "refund"
+    SURCHARGE_REVERSAL = "surcharge_reversal"
+    OVERPAYMENT = "overpayment"
 
 
 @dataclass(frozen=True)
@@ -590,6 +618,9 @@ class BalanceLine:
     currency: str
     created: datetime
     reporting_category: str | None = None
+    exchange_rate: Decimal | None = None
+    """When the money was converted (a charge in another currency than the account's balance): ``amount`` in the
+    source's currency times this rate is ``amount`` here (Stripe's ``balance_transaction.exchange_rate``)."""
 
 
 class PaymentProcessor(Protocol):

@@ -12,8 +12,10 @@ NEEDS: tuple[tuple[str, str, AccountType], ...] = (
     ("bank", "bank_account", AccountType.BANK),
     ("fees", "fee_account", AccountType.EXPENSE),
     ("surcharges", "surcharge_account", AccountType.INCOME),
+    ("refunds", "refund_account", AccountType.INCOME),
 )
-"""(field of :class:`Accounts`, its config key, the type it must have in the ledger)"""
+"""(field of :class:`Accounts`, its config key, the type it must have in the ledger). ``refund_item`` is a
+QuickBooks Item, not an account: a RefundReceipt naming one QuickBooks does not have is parked with its fault."""
 
 
 def account_problems(connection: str, accounts: Accounts, chart: Sequence[LedgerAccount]) -> list[str]:

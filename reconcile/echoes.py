@@ -5,6 +5,12 @@ ledger payment. It is recognised by the ledger id the writer returned (or that
 ``find_posted`` found), and its processor payment is marked as in the ledger's
 balances from then on: the auto-pay planner stops counting it as money on its
 way, so it is counted once, never twice.
+
+The same holds for the unapplied credit write-back posts for what a payment of
+a customer's whole balance left over (an ``overpayment`` posting). Once the
+sync has read it back, the processor payment is marked as in the ledger. Auto-pay
+then stops offering it as the processor's credit and takes the ledger's
+unapplied payment (an overpayment in Xero) instead: the money is counted once.
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ def recognise_echoes(session: Session, tenant: str) -> int:
             col(JournalEntry.tenant_id) == tenant,
             col(JournalEntry.kind) == KIND,
             col(JournalEntry.status) == "done",
-            col(JournalEntry.subject).like(f"{PostingKind.PAYMENT.value}:%"),
+            sa.or_(
+                col(JournalEntry.subject).like(f"{PostingKind.PAYMENT.value}:%"),
+                col(JournalEntry.subject).like(f"{PostingKind.OVERPAYMENT.value}:%"),
+            ),
             col(JournalEntry.external_id).is_not(None),
         )
     )

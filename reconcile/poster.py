@@ -107,6 +107,14 @@ class PostingExecutor:
                     " card surcharges need an income account"
                 )
                 continue
+            if posting.kind == PostingKind.REFUND and not (
+                posting.payload.get("refund_item") or posting.payload.get("income_account")
+            ):
+                outcomes[entry.key] = GiveUp(
+                    f"{PARKED}no refund_item (QuickBooks) or refund_account (Xero) in [writeback] of"
+                    f" {entry.payload['connection']}: a partial refund needs one to be booked"
+                )
+                continue
             postings.append(posting)
         entries = [e for e in entries if e.key not in outcomes]
         unknown = [p for p, e in zip(postings, entries, strict=True) if e.outcome_unknown]

@@ -3,7 +3,8 @@
 A payout reconciles when the deposits posted for it add up to it, and every
 payment and fee inside it is in the books. The totals tie out as
 payments - fees - refunds - chargebacks = payouts, and the deposits posted
-should equal the payouts.
+should equal the payouts. A payout that debited the bank (its lines net below
+zero) is negative, and so is its transfer back to clearing in ``deposited``.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from collect.standing import CREDIT_KIND, PROCESSOR_CREDIT
 from connectors import jsonwire
 from connectors.base import PostingKind
 from connectors.values import show_money
-from reconcile.postings import KIND
+from reconcile.postings import CHARGE_LINES, KIND, payment_rates
 from sync.models import BalanceLineRow, JournalEntry, Payment, Payout, ProcessorPayment, ProcessorRefund
 
-CHARGE_LINES = ("charge", "payment")
 REFUND_LINES = ("refund", "payment_refund")
 DISPUTE_LINES = ("adjustment", "dispute")
 
@@ -70,7 +70,7 @@ class Report:
         return sum(len(row.problems) for row in self.payouts) + len(self.parked) + len(self.other)
 
 
-def build_report(session: Session, tenant: str, since: date | None = None) -> Report:
+def build_report(session: Session, tenant: str, since: date | None = None, home_currency: str | None = None) -> Report:
     postings = {
         key: (status, external_id, error, subject)
         for key, status, external_id, error, subject in session.execute(
@@ -106,14 +106,15 @@ def build_report(session: Session, tenant: str, since: date | None = None) -> Re
             sa.select(BalanceLineRow).where(col(BalanceLineRow.payout_id) == payout.payout_id)
         ).scalars():
             _add_line(row, line, by_subject, paid_payments, balance_payments)
-        for key, status, external_id in by_subject.get(f"{PostingKind.PAYOUT.value}:{payout.payout_id}", []):
-            if status == "done":
-                row.deposited += _amount_of(session, key)
-                row.deposits.append(f"{key.split(':')[2]}: {external_id}")
+        for kind, sign in ((PostingKind.PAYOUT, 1), (PostingKind.PAYOUT_DEBIT, -1)):
+            for key, status, external_id in by_subject.get(f"{kind.value}:{payout.payout_id}", []):
+                if status == "done":
+                    row.deposited += sign * _amount_of(session, key)
+                    row.deposits.append(f"{key.split(':')[2]}: {external_id}")
         if payout.status == "paid":
             if payout.lines_loaded_at is None:
                 row.problems.append("payout lines not loaded yet (run arsync payments follow)")
-            elif not row.deposits:
+            elif not row.deposits and payout.amount != 0:
                 row.problems.append("payout with no deposit")
             elif row.deposited != payout.amount:
                 row.problems.append(
@@ -123,7 +124,63 @@ def build_report(session: Session, tenant: str, since: date | None = None) -> Re
         rows.append(row)
     parked = sorted((key, error or "") for key, (status, _, error, _) in postings.items() if status == "failed")
     waiting = sum(1 for status, *_ in postings.values() if status in ("pending", "in_flight"))
-    return Report(tenant, rows, parked, waiting, _partial_refunds(session, tenant) + _posted_twice(session, tenant))
+    refunds_booked = {
+        subject.removeprefix(f"{PostingKind.REFUND.value}:"): status
+        for status, _, _, subject in postings.values()
+        if subject and subject.startswith(f"{PostingKind.REFUND.value}:")
+    }
+    other = (
+        _partial_refunds(session, tenant, refunds_booked)
+        + _posted_twice(session, tenant)
+        + _waiting_for_rates(session, tenant, home_currency, by_subject)
+    )
+    return Report(tenant, rows, parked, waiting, other)
+
+
+def _waiting_for_rates(
+    session: Session, tenant: str, home: str | None, by_subject: dict[str, list[tuple[str, str, str | None]]]
+) -> list[str]:
+    """Payments in another currency than the home currency, not posted for want of their exchange rate."""
+    if home is None:
+        return []
+    lines = list(
+        session.execute(
+            sa.select(BalanceLineRow).where(
+                col(BalanceLineRow.tenant_id) == tenant, col(BalanceLineRow.type).in_(CHARGE_LINES)
+            )
+        ).scalars()
+    )
+    rates = payment_rates(lines, home)
+    line_of = {line.payment_processor_id: line for line in lines if line.payment_processor_id}
+    found = []
+    for payment in session.execute(
+        sa.select(ProcessorPayment)
+        .where(
+            col(ProcessorPayment.tenant_id) == tenant,
+            col(ProcessorPayment.state) == "succeeded",
+            col(ProcessorPayment.returned).is_(False),
+            col(ProcessorPayment.invoice_external_id).is_not(None),
+            col(ProcessorPayment.processor_id).is_not(None),
+        )
+        .order_by(col(ProcessorPayment.processor_id))
+    ).scalars():
+        pi = str(payment.processor_id)
+        if payment.currency.upper() == home.upper() or pi in rates:
+            continue
+        if by_subject.get(f"{PostingKind.PAYMENT.value}:{pi}"):
+            continue  # posted (or journaled) before a rate was asked for
+        line = line_of.get(pi)
+        if line is None:
+            why = f"waiting for its exchange rate to {home}: it comes with the payout's balance lines"
+        elif line.currency.upper() != home.upper():
+            why = f"no exchange rate to {home}: the processor kept it in {line.currency}; post it by hand"
+        else:
+            why = f"its balance line {line.id} carries no exchange rate to {home}; post it by hand"
+        found.append(
+            f"payment {pi} ({show_money(payment.amount, payment.currency)}, invoice"
+            f" {payment.invoice_external_id}) not posted: {why}"
+        )
+    return found
 
 
 def _posted_twice(session: Session, tenant: str) -> list[str]:
@@ -162,7 +219,8 @@ def _posted_twice(session: Session, tenant: str) -> list[str]:
 
 
 def _balance_payments(session: Session, tenant: str) -> dict[str, tuple[Decimal, Decimal, str]]:
-    """Payments made for a customer's whole balance: PaymentIntent -> (amount, shares posted, currency)."""
+    """Payments made for a customer's whole balance: PaymentIntent -> (amount, in the books, currency): its
+    shares posted, and what is left posted as unapplied credit."""
     posted: dict[str, Decimal] = defaultdict(Decimal)
     for (payload,) in session.execute(
         sa.select(col(JournalEntry.payload)).where(
@@ -174,6 +232,16 @@ def _balance_payments(session: Session, tenant: str) -> dict[str, tuple[Decimal,
         p = jsonwire.loads(payload)
         if p.get("source") == PROCESSOR_CREDIT:
             posted[str(p["source_id"])] += Decimal(p["amount"])
+    for (payload,) in session.execute(
+        sa.select(col(JournalEntry.payload)).where(
+            col(JournalEntry.tenant_id) == tenant,
+            col(JournalEntry.kind) == KIND,
+            col(JournalEntry.status) == "done",
+            col(JournalEntry.subject).like(f"{PostingKind.OVERPAYMENT.value}:%"),
+        )
+    ):
+        p = jsonwire.loads(payload)
+        posted[str(p["processor_key"])] += Decimal(p["amount"])  # the rest, as the customer's unapplied credit
     found = {}
     for pi, key, amount, currency in session.execute(
         sa.select(
@@ -191,25 +259,39 @@ def _balance_payments(session: Session, tenant: str) -> dict[str, tuple[Decimal,
     return found
 
 
-def _partial_refunds(session: Session, tenant: str) -> list[str]:
+def _partial_refunds(session: Session, tenant: str, booked: dict[str, str]) -> list[str]:
+    """Refunds short of their payment that are not in the books: parked, or waiting for their payment's posting.
+
+    ``booked``: refund id -> status of its ``refund`` posting. A refund journaled and not yet posted is only
+    counted in ``waiting``.
+    """
     refunded: dict[str, Decimal] = defaultdict(Decimal)
-    for pi, amount in session.execute(
-        sa.select(col(ProcessorRefund.payment_processor_id), col(ProcessorRefund.amount)).where(
-            col(ProcessorRefund.tenant_id) == tenant, col(ProcessorRefund.status) == "succeeded"
-        )
+    missing: dict[str, list[str]] = defaultdict(list)
+    for refund_id, pi, amount in session.execute(
+        sa.select(
+            col(ProcessorRefund.refund_id), col(ProcessorRefund.payment_processor_id), col(ProcessorRefund.amount)
+        ).where(col(ProcessorRefund.tenant_id) == tenant, col(ProcessorRefund.status) == "succeeded")
     ):
         if pi is not None:
             refunded[pi] += amount
+            status = booked.get(refund_id)
+            if status not in ("done", "pending", "in_flight"):
+                missing[pi].append("parked" if status == "failed" else "not journaled")
     found = []
     for pi, amount in sorted(refunded.items()):
         payment = session.execute(
             sa.select(ProcessorPayment).where(col(ProcessorPayment.processor_id) == pi)
         ).scalar_one_or_none()
-        if payment is not None and amount < payment.amount + payment.surcharge:
-            found.append(
-                f"partial refund of {show_money(amount, payment.currency)} on {pi} (invoice"
-                f" {payment.invoice_external_id}): not booked; credit the invoice in the ledger"
-            )
+        if payment is None or amount >= payment.amount + payment.surcharge or not missing.get(pi):
+            continue
+        if "parked" in missing[pi]:
+            why = "not booked (parked); see the parked postings"
+        else:
+            why = "not booked yet: its payment is not posted"
+        found.append(
+            f"partial refund of {show_money(amount, payment.currency)} on {pi} (invoice"
+            f" {payment.invoice_external_id}): {why}"
+        )
     return found
 
 

@@ -351,11 +351,19 @@ class InvoiceHold(SQLModel, table=True):
     connection_id: str = Field(foreign_key="connection.id", max_length=100)
     invoice_external_id: str = Field(max_length=100)
     kind: str = Field(max_length=20)
-    """``dispute`` / ``hold`` (others are added by dunning)."""
+    """``dispute`` / ``hold`` stop auto-pay and dunning; ``promise`` (to pay ``amount`` by ``until``),
+    ``plan`` (instalments in ``charge_instalment``) and ``extension`` (due date moved to ``until``) pause
+    dunning only."""
     reason: str
     until: date | None = None
     created_at: datetime | None = utc(nullable=False)
     released_at: datetime | None = utc()
+    amount: Decimal | None = money(nullable=True)
+    """A promise's amount."""
+    balance_at: Decimal | None = money(nullable=True)
+    """The invoice's balance when the promise was made: it is kept when the balance falls by ``amount``."""
+    outcome: str | None = Field(default=None, max_length=20)
+    """How it ended: ``kept`` / ``broken`` (promises), ``resolved`` (disputes), ``released``."""
 
 
 class ProcessorLink(SQLModel, table=True):
@@ -504,6 +512,9 @@ class BalanceLineRow(SQLModel, table=True):
     currency: str = Field(max_length=3)
     created: datetime | None = utc(nullable=False)
     reporting_category: str | None = Field(default=None, max_length=60)
+    exchange_rate: Decimal | None = rate()
+    """Stripe's ``exchange_rate`` of a converted charge: its amount in the charge's currency times this rate is
+    ``amount`` here. Write-back posts a payment in another currency than the ledger's with it."""
 
 
 class ProcessorCursor(SQLModel, table=True):
@@ -531,3 +542,124 @@ class ChargeInstalment(SQLModel, table=True):
     amount: Decimal = money()
     currency: str = Field(max_length=3)
     created_at: datetime | None = utc(nullable=False)
+
+
+# --- Dunning: per-invoice schedule state, contacts not to use, tasks, messages, collections -----------
+
+
+class DunningState(SQLModel, table=True):
+    """Where an invoice stands in its dunning schedule: the cycle (a partial payment starts a new one),
+    the day the cycle's steps are counted from, and the balance last seen."""
+
+    __tablename__ = "dunning_state"
+
+    connection_id: str = Field(foreign_key="connection.id", primary_key=True, max_length=100)
+    invoice_external_id: str = Field(primary_key=True, max_length=100)
+    policy: str = Field(max_length=100)
+    cycle: int = 0
+    anchor: date
+    """The day the cycle's step days are counted from: the due date (or its extension), then a partial
+    payment's day."""
+    last_step: int = -1
+    """The index in the policy's steps of the last step fired (or passed over) in this cycle."""
+    last_balance: Decimal = money()
+    updated_at: datetime | None = utc(nullable=False)
+
+
+class ContactBlock(SQLModel, table=True):
+    """A channel not to use for a customer: opted out (``opt_out``) or undeliverable (``bounce``).
+    ``address`` None: every address of that channel."""
+
+    __tablename__ = "contact_block"
+    __table_args__ = (sa.Index("ix_contact_block_customer", "connection_id", "customer_external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: str = Field(foreign_key="connection.id", max_length=100)
+    customer_external_id: str = Field(max_length=100)
+    channel: str = Field(max_length=10)
+    address: str | None = Field(default=None, max_length=320)
+    kind: str = Field(max_length=20)
+    reason: str
+    created_at: datetime | None = utc(nullable=False)
+
+
+class DunningTask(SQLModel, table=True):
+    """Work for a person: a call, a collections hand-off, a broken promise to follow up."""
+
+    __tablename__ = "dunning_task"
+    __table_args__ = (sa.Index("ix_dunning_task_open", "tenant_id", "status"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=250, unique=True)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=100)
+    connection_id: str = Field(foreign_key="connection.id", max_length=100)
+    customer_external_id: str = Field(max_length=100)
+    invoice_external_id: str | None = Field(default=None, max_length=100)
+    kind: str = Field(max_length=20)
+    note: str
+    policy: str | None = Field(default=None, max_length=100)
+    step: str | None = Field(default=None, max_length=100)
+    status: str = Field(default="open", max_length=20)
+    outcome: str | None = Field(default=None, max_length=20)
+    outcome_note: str | None = None
+    created_at: datetime | None = utc(nullable=False)
+    done_at: datetime | None = utc()
+
+
+class DunningMessage(SQLModel, table=True):
+    """A message that went out (or bounced): what pacing counts and what a customer's history shows."""
+
+    __tablename__ = "dunning_message"
+    __table_args__ = (
+        sa.Index("ix_dunning_message_customer", "connection_id", "customer_external_id", "sent_at"),
+        sa.Index("ix_dunning_message_tenant", "tenant_id", "sent_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(max_length=250, unique=True)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=100)
+    connection_id: str = Field(foreign_key="connection.id", max_length=100)
+    customer_external_id: str = Field(max_length=100)
+    invoice_external_id: str | None = Field(default=None, max_length=100)
+    channel: str = Field(max_length=10)
+    address: str = Field(max_length=320)
+    template: str = Field(max_length=100)
+    message_id: str | None = Field(default=None, max_length=250)
+    status: str = Field(max_length=20)
+    sent_at: datetime | None = utc(nullable=False)
+
+
+class LateFeeWaiver(SQLModel, table=True):
+    """A late fee forgiven: ``step`` None waives every fee on the invoice from now on."""
+
+    __tablename__ = "late_fee_waiver"
+
+    id: int | None = Field(default=None, primary_key=True)
+    connection_id: str = Field(foreign_key="connection.id", max_length=100)
+    invoice_external_id: str = Field(max_length=100, index=True)
+    step: str | None = Field(default=None, max_length=100)
+    reason: str
+    created_at: datetime | None = utc(nullable=False)
+
+
+class CollectionsPlacement(SQLModel, table=True):
+    """An invoice handed to a collections agency, and how it stands."""
+
+    __tablename__ = "collections_placement"
+    __table_args__ = (sa.UniqueConstraint("connection_id", "invoice_external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: str = Field(foreign_key="tenant.id", max_length=100)
+    connection_id: str = Field(foreign_key="connection.id", max_length=100)
+    invoice_external_id: str = Field(max_length=100)
+    customer_external_id: str = Field(max_length=100)
+    amount: Decimal = money()
+    """The balance handed over."""
+    currency: str = Field(max_length=3)
+    agency: str
+    notes: str = ""
+    status: str = Field(max_length=20)
+    """``submitted`` (journaled, on its way), ``placed`` (the agency has it), ``recovered``, ``closed``."""
+    recovered: Decimal = money()
+    submitted_at: datetime | None = utc(nullable=False)
+    updated_at: datetime | None = utc(nullable=False)

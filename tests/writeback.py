@@ -23,6 +23,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
+import requests
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
@@ -42,7 +43,7 @@ from connectors.quickbooks.sandbox import QuickBooksSandbox
 from connectors.stripe.sandbox import StripeSandbox
 from connectors.xero.sandbox import XeroSandbox, parse_ms_date
 from sync.db import upgrade
-from sync.models import BalanceLineRow, Payout, ProcessorPayment, SavedPaymentMethod
+from sync.models import BalanceLineRow, Payout, ProcessorPayment, ProcessorRefund, SavedPaymentMethod
 
 TENANT = "acme"
 VISA = "4242424242424242"
@@ -65,8 +66,11 @@ class Posted:
     """One transaction in the ledger, in terms both ledgers share.
 
     ``kind``: ``payment`` (into ``to_account``, against ``invoice``), ``fee`` (from ``from_account`` to the
-    expense ``to_account``), ``deposit`` (the payout: ``from_account`` to ``to_account``), ``credit`` (the
-    ``credit_note`` applied to ``invoice``). ``reference`` is what carries arsync's key (QuickBooks
+    expense ``to_account``), ``deposit`` (the payout: ``from_account`` to ``to_account``; a payout that debited
+    the bank goes from the bank back to clearing), ``credit`` (the ``credit_note`` applied to ``invoice``),
+    ``refund`` (money given back to the customer from ``from_account``: a QuickBooks RefundReceipt, the
+    payment refunding a Xero credit note), ``unapplied`` (the customer's credit received into ``to_account``:
+    a QuickBooks Payment linked to nothing, a Xero overpayment). ``reference`` is what carries arsync's key (QuickBooks
     ``PrivateNote``, Xero ``Reference``; a Xero allocation has none)."""
 
     kind: str
@@ -89,6 +93,10 @@ class Books(Protocol):
     clearing: str
     bank: str
     fees: str
+    refund_setting: str
+    """The ``[writeback]`` line that lets partial refunds be booked (``refund_item`` or ``refund_account``)."""
+    income: str
+    """An income account (card surcharges are booked to it when the tenant adds them)."""
 
     def customer(self, name: str, email: str) -> str: ...
     def invoice(self, customer: str, amount: str, due: date, issued: date | None = None) -> str: ...
@@ -113,6 +121,7 @@ class QuickBooksBooks:
     Funds, A/R, Services, Merchant Fees), plus a bank-type ``Stripe Clearing`` account, which that chart lacks."""
 
     kind = "quickbooks"
+    refund_setting = 'refund_item = "1"'  # the sandbox's Services item
 
     def __init__(self, sandbox: QuickBooksSandbox, name: str = "acme-qbo") -> None:
         self.box = sandbox
@@ -131,6 +140,7 @@ class QuickBooksBooks:
             body = {"Name": account, "Classification": classification, "AccountType": kind, "AccountSubType": sub}
             ids[account] = str(sandbox.put("Account", body)["Id"])
         self.clearing, self.bank, self.fees = ids["Stripe Clearing"], ids["Checking"], ids["Merchant Fees"]
+        self.income = ids["Services"]
         self.undeposited = ids["Undeposited Funds"]
 
     def customer(self, name: str, email: str) -> str:
@@ -201,7 +211,10 @@ class QuickBooksBooks:
                 [invoice] = invoices
                 amount, credit_note = _money(memo["Amount"]), memo["LinkedTxn"][0]["TxnId"]
                 found.append(Posted("credit", p["Id"], note, amount, day, invoice=invoice, credit_note=credit_note))
-            elif note.startswith("post:"):
+            elif note.startswith("post:") and not invoices:  # linked to nothing: the customer's unapplied credit
+                account = p["DepositToAccountRef"]["value"]
+                found.append(Posted("unapplied", p["Id"], note, _money(p["TotalAmt"]), day, None, account))
+            elif note.startswith(("post:", "apply_credit:")):  # a share of a balance payment carries its own key
                 [invoice] = invoices
                 account = p["DepositToAccountRef"]["value"]
                 found.append(Posted("payment", p["Id"], note, _money(p["TotalAmt"]), day, None, account, invoice))
@@ -217,6 +230,29 @@ class QuickBooksBooks:
                     date.fromisoformat(p["TxnDate"]),
                     p["AccountRef"]["value"],
                     expense,
+                )
+            )
+        for r in self.box.all("RefundReceipt"):
+            found.append(
+                Posted(
+                    "refund",
+                    r["Id"],
+                    str(r.get("PrivateNote") or ""),
+                    _money(r["TotalAmt"]),
+                    date.fromisoformat(r["TxnDate"]),
+                    r["DepositToAccountRef"]["value"],
+                )
+            )
+        for t in self.box.all("Transfer"):
+            found.append(
+                Posted(
+                    "deposit",
+                    t["Id"],
+                    str(t.get("PrivateNote") or ""),
+                    _money(t["Amount"]),
+                    date.fromisoformat(t["TxnDate"]),
+                    t["FromAccountRef"]["value"],
+                    t["ToAccountRef"]["value"],
                 )
             )
         for d in self.box.all("Deposit"):
@@ -248,6 +284,8 @@ class XeroBooks:
 
     kind = "xero"
     clearing, bank, fees = "091", "090", "404"
+    refund_setting = 'refund_account = "200"'  # Sales
+    income = "200"
 
     def __init__(self, sandbox: XeroSandbox, name: str = "acme-xero") -> None:
         self.box = sandbox
@@ -321,7 +359,20 @@ class XeroBooks:
     def posted(self) -> list[Posted]:
         found = []
         for p in self.box.all(self.tenant, "Payments"):
-            if not str(p.get("Reference") or "").startswith("post:") or p.get("Status") == "DELETED":
+            ours = str(p.get("Reference") or "").startswith(("post:", "apply_credit:"))
+            if not ours or p.get("Status") == "DELETED":
+                continue
+            if p.get("CreditNote"):  # a credit note refunded: money back to the customer
+                found.append(
+                    Posted(
+                        "refund",
+                        p["PaymentID"],
+                        p["Reference"],
+                        _money(p["Amount"]),
+                        _day(p["Date"]),
+                        p["Account"]["Code"],
+                    )
+                )
                 continue
             found.append(
                 Posted(
@@ -336,6 +387,34 @@ class XeroBooks:
                 )
             )
         for t in self.box.all(self.tenant, "BankTransactions"):
+            if t["Type"] == "RECEIVE-OVERPAYMENT" and str(t.get("Reference") or "").startswith("post:"):
+                found.append(
+                    Posted(
+                        "unapplied",
+                        t["OverpaymentID"],
+                        t["Reference"],
+                        _money(t["Total"]),
+                        _day(t["Date"]),
+                        None,
+                        t["BankAccount"]["Code"],
+                    )
+                )
+                continue
+            ours = str(t.get("Reference") or "").startswith("post:")
+            if t["Type"] == "RECEIVE" and ours and t.get("Status") != "DELETED":  # a card surcharge, as income
+                [line] = t["LineItems"]
+                found.append(
+                    Posted(
+                        "deposit",
+                        t["BankTransactionID"],
+                        t["Reference"],
+                        _money(t["Total"]),
+                        _day(t["Date"]),
+                        line["AccountCode"],
+                        t["BankAccount"]["Code"],
+                    )
+                )
+                continue
             if t["Type"] != "SPEND":
                 continue
             [line] = t["LineItems"]
@@ -392,9 +471,9 @@ def _day(wire: str) -> date:
 def _balance_of(posted: list[Posted], account: str) -> Decimal:
     total = Decimal(0)
     for p in posted:
-        if p.kind in ("payment", "deposit") and p.to_account == account:
+        if p.kind in ("payment", "deposit", "unapplied") and p.to_account == account:
             total += p.amount
-        if p.kind in ("fee", "deposit") and p.from_account == account:
+        if p.kind in ("fee", "deposit", "refund") and p.from_account == account:
             total -= p.amount
     return total
 
@@ -494,28 +573,119 @@ def make_payout(
     return MadePayout(payout_id, amount, lines)
 
 
+def settle_refunds(sessions: sessionmaker[Session], stripe: StripeSandbox, tenant: str) -> dict[str, str]:
+    """Each refund arsync made, with the status localstripe gives it, as the follower stores a refund event.
+
+    localstripe makes a refund ``succeeded`` at once but emits no ``refund.*`` event, so following its events
+    leaves arsync's row ``pending``. This reads each refund back from localstripe (``GET /v1/refunds/{id}``)
+    and stores its status on the row, which is what ``EventFollower`` does for ``refund.updated`` (tested from
+    Stripe's fixtures in ``tests/integration/test_processor_events.py``). Returns refund id -> status."""
+    found: dict[str, str] = {}
+    with sessions.begin() as session:
+        for row in session.execute(
+            sa.select(ProcessorRefund).where(col(ProcessorRefund.tenant_id) == tenant)
+        ).scalars():
+            answer = requests.get(stripe.url(f"/v1/refunds/{row.refund_id}"), headers=stripe_auth(stripe), timeout=10)
+            answer.raise_for_status()
+            refund = answer.json()
+            assert Decimal(refund["amount"]) / 100 == row.amount, (refund, row.amount)
+            row.status = str(refund["status"])
+            found[row.refund_id] = row.status
+    return found
+
+
+def stripe_auth(stripe: StripeSandbox) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stripe.api_key}"}
+
+
+def make_refund_payout(
+    sessions: sessionmaker[Session], tenant: str, arrival: date, *, now: datetime | None = None
+) -> MadePayout:
+    """A paid payout of every succeeded refund not yet in one: its lines net below zero, so the processor
+    debited the bank (stored as :func:`make_payout` stores charges: one ``refund`` line per refund, its amount
+    negative, no fee). ``lines`` is keyed by refund id."""
+    now = now or datetime.now(UTC)
+    payout_id = "po_" + secrets.token_hex(12)
+    lines: dict[str, Line] = {}
+    with sessions.begin() as session:
+        loaded = sa.select(col(BalanceLineRow.source_id)).where(col(BalanceLineRow.type) == "refund")
+        refunds = session.execute(
+            sa.select(ProcessorRefund)
+            .where(
+                col(ProcessorRefund.tenant_id) == tenant,
+                col(ProcessorRefund.status) == "succeeded",
+                col(ProcessorRefund.refund_id).not_in(loaded),
+            )
+            .order_by(col(ProcessorRefund.refund_id))
+        ).scalars()
+        currency = None
+        for refund in refunds:
+            currency = refund.currency
+            line = Line("txn_" + refund.refund_id.removeprefix("re_"), -refund.amount, Decimal(0), -refund.amount)
+            lines[refund.refund_id] = line
+            session.add(
+                BalanceLineRow(
+                    id=line.id,
+                    tenant_id=tenant,
+                    payout_id=payout_id,
+                    type="refund",
+                    source_id=refund.refund_id,
+                    payment_processor_id=refund.payment_processor_id,
+                    amount=line.gross,
+                    fee=Decimal(0),
+                    net=line.net,
+                    currency=refund.currency,
+                    created=now,
+                    reporting_category="refund",
+                )
+            )
+        assert currency is not None, "no refund to pay out"
+        amount = sum((line.net for line in lines.values()), Decimal(0))
+        session.add(
+            Payout(
+                payout_id=payout_id,
+                tenant_id=tenant,
+                amount=amount,
+                currency=currency,
+                status="paid",
+                arrival_date=arrival,
+                lines_loaded_at=now,
+                updated_at=now,
+            )
+        )
+    return MadePayout(payout_id, amount, lines)
+
+
 # --- the world ------------------------------------------------------------------------------------------------
 
 
-def autopay(stripe: StripeSandbox) -> SandboxPayments:
-    """Cards charged from the due date; no surcharge (write-back does not book surcharges yet: docs say to
-    configure none where write-back is on)."""
+SURCHARGE = {"percent": "2.9", "fixed": "0.30", "max_percent": "3", "exempt": ["us_bank_account", "debit"]}
+"""A card surcharge of 2.9% + 0.30, capped at 3% (as ``arsync.sandboxes.stripe_payments`` configures it)."""
+
+
+def autopay(stripe: StripeSandbox, *, surcharge: bool = False) -> SandboxPayments:
+    """Cards charged from the due date; with ``surcharge``, the card surcharge above (booked as income into
+    clearing: the ``[writeback]`` section then names a ``surcharge_account``)."""
     settings = {
         "base_url": stripe.base_url,
         "success_url": "https://acme.example.com/autopay/thanks",
         "cancel_url": "https://acme.example.com/autopay",
     }
-    return SandboxPayments(stripe.api_key, settings, ({"name": "due-date", "on_due_date": True},))
+    rules = ({"name": "due-date", "on_due_date": True},)
+    return SandboxPayments(stripe.api_key, settings, rules, SURCHARGE if surcharge else None)
 
 
-def writeback_section(books: Books) -> str:
+def writeback_section(books: Books, *, surcharge: bool = False) -> str:
     return (
         f"\n[tenants.{TENANT}.connections.{books.connection.name}.writeback]\n"
         f'clearing_account = "{books.clearing}"\nbank_account = "{books.bank}"\nfee_account = "{books.fees}"\n'
+        f"{books.refund_setting}\n" + (f'surcharge_account = "{books.income}"\n' if surcharge else "")
     )
 
 
-def write_config(folder: Path, books: Books, stripe: StripeSandbox, db_url: str, **settings: object) -> Path:
+def write_config(
+    folder: Path, books: Books, stripe: StripeSandbox, db_url: str, *, surcharge: bool = False, **settings: object
+) -> Path:
     """The tenant's config, its connection pointed at the sandbox (``settings`` override its keys: a proxy's
     ``base_url``), taking payments at ``stripe``, with the connection's ``[writeback]`` section appended."""
     connection = books.connection
@@ -528,9 +698,10 @@ def write_config(folder: Path, books: Books, stripe: StripeSandbox, db_url: str,
             connection.client_secret,
             {**connection.settings, **settings},
         )
-    path = write_sandbox_config(folder, [connection], database_url=db_url, payments={TENANT: autopay(stripe)})
+    payments = {TENANT: autopay(stripe, surcharge=surcharge)}
+    path = write_sandbox_config(folder, [connection], database_url=db_url, payments=payments)
     with path.open("a") as out:
-        out.write(writeback_section(books))
+        out.write(writeback_section(books, surcharge=surcharge))
     return path
 
 
@@ -609,6 +780,7 @@ def start_world(
     db_url: str | None = None,
     *,
     before_ready: Callable[[Books], None] | None = None,
+    surcharge: bool = False,
 ) -> World:
     """localstripe (launched first: it starts while the rest is set up), the ledger sandbox, the config,
     a migrated ledger database (SQLite in ``folder`` unless ``db_url``), tokens from the sandbox's OAuth."""
@@ -620,7 +792,7 @@ def start_world(
         before_ready(books)
     stripe.ready()
     url = db_url or f"sqlite:///{folder / 'ledger.db'}"
-    config = write_config(folder, books, stripe, url)
+    config = write_config(folder, books, stripe, url, surcharge=surcharge)
     app = bootstrap(config)
     stack.callback(app.engine.dispose)
     upgrade(app.engine)

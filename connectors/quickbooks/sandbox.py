@@ -79,10 +79,14 @@ ENTITIES: tuple[str, ...] = (
     "CreditMemo",
     "Purchase",
     "Deposit",
+    "Transfer",
+    "RefundReceipt",
     "Account",
 )
 _CANONICAL = {name.lower(): name for name in ENTITIES}
-_TRANSACTIONS = frozenset({"Invoice", "Payment", "CreditMemo", "Purchase", "Deposit"})
+_TRANSACTIONS = frozenset({"Invoice", "Payment", "CreditMemo", "Purchase", "Deposit", "Transfer", "RefundReceipt"})
+_MOVES_ACCOUNTS = ("Payment", "Purchase", "Deposit", "Transfer", "RefundReceipt")
+"""Entities whose amounts move account balances (``CurrentBalance``)."""
 _VOIDABLE = frozenset({"Invoice", "Payment"})
 
 PACIFIC = timezone(timedelta(hours=-7))
@@ -149,6 +153,7 @@ _ALLOWED_PROPS: dict[str, frozenset[str]] = {
         SubscriptionPaymentsSetting EnabledSurchargeInfo CfdiUse Exportation GlobalInfo"""
     ),
     "CreditMemo": _SALES_TXN_PROPS | _names("RemainingCredit InvoiceRef CreditMemoEx"),
+    "RefundReceipt": _SALES_TXN_PROPS | _names("RemainingCredit RefundReceiptEx"),
     "Payment": _TXN_PROPS
     | _names(
         """CustomerRef RemitToRef ARAccountRef DepositToAccountRef PaymentMethodRef
@@ -162,6 +167,7 @@ _ALLOWED_PROPS: dict[str, frozenset[str]] = {
         CreditCardPayment LessCIS Memo PurchaseEx"""
     ),
     "Deposit": _TXN_PROPS | _names("DepositToAccountRef CashBack GlobalTaxCalculation TotalAmt HomeTotalAmt DepositEx"),
+    "Transfer": _TXN_PROPS | _names("FromAccountRef ToAccountRef Amount ClassRef TransferEx"),
     "Account": _COMMON_PROPS
     | _names(
         """Name SubAccount ParentRef Description FullyQualifiedName AccountAlias TxnLocationType
@@ -1394,7 +1400,7 @@ class QuickBooksSandbox:
         its expense lines' accounts; a deposit debits its deposit-to account and credits each line's account
         (lines carrying a LinkedTxn move undeposited funds, which the sandbox does not track).
         """
-        if not isinstance(stored, dict) or entity not in ("Payment", "Purchase", "Deposit"):
+        if not isinstance(stored, dict) or entity not in _MOVES_ACCOUNTS:
             return []
         moves: list[tuple[str, Decimal]] = []
 
@@ -1404,6 +1410,13 @@ class QuickBooksSandbox:
             except SandboxFault:
                 return _ZERO
 
+        if entity == "RefundReceipt":  # money paid back out of the account it names; its lines are P&L
+            account = _ref_value(stored.get("DepositToAccountRef"))
+            return [(account, -amount(stored.get("TotalAmt")))] if account else []
+        if entity == "Transfer":
+            value = amount(stored.get("Amount"))
+            source, target = _ref_value(stored.get("FromAccountRef")), _ref_value(stored.get("ToAccountRef"))
+            return [(a, v) for a, v in ((source, -value), (target, value)) if a]
         total = amount(stored.get("TotalAmt"))
         if entity == "Payment":
             account = _ref_value(stored.get("DepositToAccountRef"))
@@ -1455,7 +1468,7 @@ class QuickBooksSandbox:
         if entity in ("Invoice", "CreditMemo", "Payment"):
             self._shift_balance(self._contribution(entity, old), -1)
             self._shift_balance(self._contribution(entity, obj), 1)
-        if entity in ("Payment", "Purchase", "Deposit"):
+        if entity in _MOVES_ACCOUNTS:
             self._move_accounts(self._postings(entity, old), -1)
             self._move_accounts(self._postings(entity, obj), 1)
         if entity == "Customer":
@@ -2053,6 +2066,10 @@ class QuickBooksSandbox:
             return self._build_purchase(body, old)
         if entity == "Deposit":
             return self._build_deposit(body, old)
+        if entity == "Transfer":
+            return self._build_transfer(body, old)
+        if entity == "RefundReceipt":
+            return self._build_refund_receipt(body, old)
         return self._build_generic(body, old)
 
     def _check_open(self, entity: str, txn_date: Any) -> None:
@@ -2112,6 +2129,58 @@ class QuickBooksSandbox:
                 # the sandbox keeps customers only: a line's Entity (a customer, vendor or employee) must be one
                 raise _invalid_ref("Line.DepositLineDetail.Entity")
         return self._build_generic(body, old)
+
+    def _build_refund_receipt(self, body: JsonObj, old: JsonObj | None) -> JsonObj:
+        """A refund paid to a customer from ``DepositToAccountRef`` (required: the account the money leaves),
+        its sales lines totalled like an invoice's; it is paid in full when made (``Balance`` 0)."""
+        customer_ref, _customer = self._customer_ref(body)
+        account = _ref_value(body.get("DepositToAccountRef"))
+        if not account:
+            raise _required("DepositToAccountRef")
+        if not isinstance(self._tables["Account"].rows.get(account), dict):
+            raise _invalid_ref("DepositToAccountRef")
+        lines, total = self._sales_lines(body.get("Line"))
+        if total <= 0:
+            raise _business("Transaction total must be greater than zero.", "TotalAmt")
+        obj = {k: v for k, v in body.items() if k not in ("Balance", "TotalAmt", "RemainingCredit")}
+        if not obj.get("DocNumber"):
+            obj["DocNumber"] = str(self._doc_numbers.setdefault("RefundReceipt", 1001))
+            self._doc_numbers["RefundReceipt"] += 1
+        obj["TxnDate"] = str(body.get("TxnDate") or (old or {}).get("TxnDate") or self._today().isoformat())
+        obj["CurrencyRef"] = _currency_ref(_ref_value(body.get("CurrencyRef")) or "USD")
+        obj["CustomerRef"] = customer_ref
+        obj["Line"] = lines
+        obj["TotalAmt"] = total
+        obj["Balance"] = _ZERO
+        return obj
+
+    def _build_transfer(self, body: JsonObj, old: JsonObj | None) -> JsonObj:
+        """A transfer between two balance-sheet accounts (Finance.xsd: FromAccountRef and ToAccountRef "Must be a
+        Balance Sheet account"), for a positive ``Amount``."""
+        refs: list[str] = []
+        for name in ("FromAccountRef", "ToAccountRef"):
+            ident = _ref_value(body.get(name))
+            if not ident:
+                raise _required(name)
+            account = self._tables["Account"].rows.get(ident)
+            if not isinstance(account, dict):
+                raise _invalid_ref(name)
+            if str(account.get("Classification")) not in _BALANCE_SHEET:
+                raise _business(f"{name} must be a balance sheet account.", name)
+            refs.append(ident)
+        if refs[0] == refs[1]:
+            raise _business("You can't transfer money from an account to itself.", "ToAccountRef")
+        if body.get("Amount") is None:
+            raise _required("Amount")
+        value = _money(body["Amount"])
+        if value <= 0:
+            raise _business("The transfer amount must be greater than zero.", "Amount")
+        obj = dict(body)
+        obj["Amount"] = value
+        obj.setdefault("CurrencyRef", _currency_ref("USD"))
+        if "TxnDate" not in obj:
+            obj["TxnDate"] = self._today().isoformat()
+        return obj
 
     def _build_generic(self, body: JsonObj, old: JsonObj | None) -> JsonObj:
         obj = dict(body)

@@ -8,6 +8,10 @@ What each :class:`~connectors.base.PostingKind` becomes:
 * ``fee``: a Purchase (``PaymentType`` Cash) paid from the clearing account, one account-based expense line.
 * ``payout``: a Deposit into the bank with one line taking the amount out of the clearing account;
   ``PrivateNote`` is the payout id, which the bank feed shows.
+* ``payout_debit``: a Transfer (``FromAccountRef`` the bank, ``ToAccountRef`` clearing, ``Amount``), the payout
+  id as ``PrivateNote``. Intuit's Transfer moves money between two balance-sheet accounts, which is what a
+  processor's debit of the bank is; a Deposit cannot carry a negative total, and a bank-feed withdrawal is
+  matched against a transfer out of the bank.
 * ``credit_application`` from a credit note: a Payment of zero with two lines, one linked to the invoice and
   one to the CreditMemo (how QuickBooks itself applies a credit memo); from a payment (unapplied cash): a
   sparse update of that Payment adding a line linked to the invoice, the reference appended to its
@@ -19,6 +23,17 @@ What each :class:`~connectors.base.PostingKind` becomes:
   (``Voided - ...``). A payment already voided is ``ok`` without a request; one that is gone is parked.
 * ``surcharge``: a Deposit into the clearing account with one ``DepositLineDetail`` line on the income
   account (``Entity`` the customer), ``PrivateNote`` the reference.
+* ``overpayment``: a Payment into the clearing account with no lines: all of it is the customer's unapplied
+  credit (``UnappliedAmt``), as QuickBooks records money received that no invoice takes yet; ``PrivateNote``
+  the reference.
+* ``surcharge_reversal``: the surcharge's Deposit deleted (``"operation": "delete"`` with its ``Id`` and current
+  ``SyncToken``, read first): Intuit's Deposit entity can be created, read, updated and deleted, and has no
+  void. A Deposit already gone is ``ok`` without a request (our answer lost, or a person deleted it).
+* ``refund``: a RefundReceipt (Finance.xsd: "a refund (or credit) of payment or part of a payment for goods or
+  services that have been sold") for the customer, paid from the clearing account (``DepositToAccountRef``,
+  the account the refund is paid from), one ``SalesItemLineDetail`` line on the configured item
+  (``refund_item``: a sales line needs an item, whose income account the refund reduces), ``PrivateNote`` the
+  reference. The invoice stays paid; only the money given back is booked.
 
 Every request carries ``requestid``: a digest of the batch's posting keys and item bodies, so the same batch
 sent again is applied once (Intuit replays the first answer). The I/O is injected (``query`` runs a query
@@ -71,9 +86,13 @@ _ENTITY = {
     PostingKind.PAYMENT: "Payment",
     PostingKind.FEE: "Purchase",
     PostingKind.PAYOUT: "Deposit",
+    PostingKind.PAYOUT_DEBIT: "Transfer",
     PostingKind.CREDIT_APPLICATION: "Payment",
     PostingKind.PAYMENT_REVERSAL: "Payment",
     PostingKind.SURCHARGE: "Deposit",
+    PostingKind.REFUND: "RefundReceipt",
+    PostingKind.SURCHARGE_REVERSAL: "Deposit",
+    PostingKind.OVERPAYMENT: "Payment",
 }
 VOID_NOTE = "Voided"
 """What QuickBooks puts in front of a voided transaction's ``PrivateNote`` (``Voided - `` before existing text)."""
@@ -240,6 +259,21 @@ def deposit_body(payload: Mapping[str, Any], reference: str) -> dict[str, Any]:
     }
 
 
+def transfer_body(payload: Mapping[str, Any], reference: str) -> dict[str, Any]:
+    """A Transfer from ``from_account`` to ``to_account`` (both balance-sheet accounts)."""
+    source, target = _text(payload, "from_account"), _text(payload, "to_account")
+    if source == target:
+        raise PayloadError(f"a transfer needs two accounts, not {source} twice")
+    return {
+        "FromAccountRef": _ref(source),
+        "ToAccountRef": _ref(target),
+        "Amount": _amount(payload),
+        "TxnDate": _day(payload),
+        "CurrencyRef": _ref(_currency(payload)),
+        "PrivateNote": reference,
+    }
+
+
 def surcharge_body(payload: Mapping[str, Any], reference: str) -> dict[str, Any]:
     """A Deposit into the clearing account whose one line is income (``DepositLineDetail.AccountRef``)."""
     amount = _amount(payload)
@@ -258,6 +292,50 @@ def surcharge_body(payload: Mapping[str, Any], reference: str) -> dict[str, Any]
                 "DetailType": "DepositLineDetail",
                 "Description": str(payload.get("description") or "Card surcharge")[:NOTE_MAX],
                 "DepositLineDetail": detail,
+            }
+        ],
+    }
+
+
+def unapplied_payment_body(payload: Mapping[str, Any], reference: str) -> dict[str, Any]:
+    """A Payment linked to nothing: the customer's unapplied credit, received into ``account``."""
+    body: dict[str, Any] = {
+        "CustomerRef": _ref(_text(payload, "customer_external_id")),
+        "TotalAmt": _amount(payload),
+        "CurrencyRef": _ref(_currency(payload)),
+    }
+    if payload.get("currency_rate") is not None:
+        body["ExchangeRate"] = _decimal(payload["currency_rate"], "currency_rate")
+    body.update(
+        {
+            "TxnDate": _day(payload),
+            "DepositToAccountRef": _ref(_text(payload, "account")),
+            "PaymentRefNum": payment_ref_num(reference),
+            "PrivateNote": reference,
+        }
+    )
+    return body
+
+
+def refund_receipt_body(payload: Mapping[str, Any], reference: str, customer: str) -> dict[str, Any]:
+    """A RefundReceipt paid from ``account`` (clearing), its one line on the ``refund_item``."""
+    amount = _amount(payload)
+    item = payload.get("refund_item")
+    if not item:
+        raise PayloadError("no refund_item in [writeback]: a RefundReceipt line needs a QuickBooks item")
+    return {
+        "CustomerRef": _ref(customer),
+        "TxnDate": _day(payload),
+        "CurrencyRef": _ref(_currency(payload)),
+        "DepositToAccountRef": _ref(_text(payload, "account")),
+        "PaymentRefNum": payment_ref_num(str(payload.get("refund_id") or reference)),
+        "PrivateNote": reference,
+        "Line": [
+            {
+                "Amount": amount,
+                "DetailType": "SalesItemLineDetail",
+                "Description": str(payload.get("description") or "Refund")[:NOTE_MAX],
+                "SalesItemLineDetail": {"ItemRef": _ref(str(item)), "Qty": Decimal(1), "UnitPrice": amount},
             }
         ],
     }
@@ -453,6 +531,7 @@ class BatchWriter:
         items: list[_Item] = []
         applications: dict[str, list[int]] = {}
         reversals: dict[str, list[int]] = {}
+        deletions: dict[str, list[int]] = {}
         for index, posting in enumerate(postings):
             try:
                 kind = _kind(posting)
@@ -464,6 +543,10 @@ class BatchWriter:
                     _amount(posting.payload)
                     reversals.setdefault(_text(posting.payload, "payment_external_id"), []).append(index)
                     continue
+                if kind is PostingKind.SURCHARGE_REVERSAL:
+                    _amount(posting.payload)
+                    deletions.setdefault(_text(posting.payload, "surcharge_external_id"), []).append(index)
+                    continue
                 item = self._create(posting, kind, customers)
                 item.members.append(index)
                 items.append(item)
@@ -473,6 +556,8 @@ class BatchWriter:
             items.extend(self._applications(run, applications))
         if reversals:
             items.extend(self._reversals(run, reversals))
+        if deletions:
+            items.extend(self._deletions(run, deletions))
         items.sort(key=lambda item: item.members[0])
         self._send(run, items)
         if run.stale:
@@ -506,7 +591,7 @@ class BatchWriter:
         wanted = {
             str(p.payload["invoice_external_id"])
             for p in postings
-            if p.kind in (PostingKind.PAYMENT.value, PostingKind.CREDIT_APPLICATION.value)
+            if p.kind in (PostingKind.PAYMENT.value, PostingKind.CREDIT_APPLICATION.value, PostingKind.REFUND.value)
             and not _from_payment(p)
             and not p.payload.get("customer_external_id")
             and p.payload.get("invoice_external_id")
@@ -529,6 +614,10 @@ class BatchWriter:
             return _Item("Purchase", "create", purchase_body(payload, reference), [])
         if kind is PostingKind.PAYOUT:
             return _Item("Deposit", "create", deposit_body(payload, reference), [])
+        if kind is PostingKind.PAYOUT_DEBIT:
+            return _Item("Transfer", "create", transfer_body(payload, reference), [])
+        if kind is PostingKind.OVERPAYMENT:
+            return _Item("Payment", "create", unapplied_payment_body(payload, reference), [])
         if kind is PostingKind.SURCHARGE:
             return _Item("Deposit", "create", surcharge_body(payload, reference), [])
         invoice = _text(payload, "invoice_external_id")
@@ -537,6 +626,8 @@ class BatchWriter:
             raise PayloadError(f"invoice {invoice} is not in QuickBooks (deleted?) and no customer is named")
         if kind is PostingKind.PAYMENT:
             return _Item("Payment", "create", payment_body(payload, reference, str(customer)), [])
+        if kind is PostingKind.REFUND:
+            return _Item("RefundReceipt", "create", refund_receipt_body(payload, reference, str(customer)), [])
         source = payload.get("source")
         if source != "credit_note":
             raise PayloadError(f"a credit application's source must be 'credit_note' or 'payment', not {source!r}")
@@ -637,6 +728,30 @@ class BatchWriter:
             items.append(_Item("Payment", "void", body, pending, ident, "reversal"))
         return items
 
+    def _deletions(self, run: _Run, by_deposit: Mapping[str, list[int]]) -> list[_Item]:
+        """Surcharge Deposits deleted, one item per Deposit, read fresh (with its SyncToken); one that is gone is
+        ``ok`` as it is. The amount undone must be the Deposit's."""
+        deposits = self._by_id("Deposit", by_deposit)
+        items: list[_Item] = []
+        for ident, members in by_deposit.items():
+            deposit = deposits.get(ident)
+            if deposit is None:
+                for index in members:
+                    run.ok(index, ident)  # deleted before (our answer lost, or a person deleted it)
+                continue
+            total = _line_amount({"Amount": deposit.get("TotalAmt", 0)})
+            pending = []
+            for index in members:
+                amount = _amount(run.postings[index].payload)
+                if amount != total:
+                    run.fail(index, f"cannot post: deposit {ident} is for {total}, the reversal for {amount}")
+                else:
+                    pending.append(index)
+            if pending:
+                body = {"Id": str(deposit["Id"]), "SyncToken": str(deposit["SyncToken"])}
+                items.append(_Item("Deposit", "delete", body, pending))
+        return items
+
     def _send(self, run: _Run, items: Sequence[_Item]) -> None:
         for chunk in _chunks(items, BATCH_LIMIT):
             requests = [item.request(str(n)) for n, item in enumerate(chunk)]
@@ -683,16 +798,21 @@ class BatchWriter:
         postings' ``TxnDate`` values (paged, 1000 a page) and the notes are matched here. An application
         from a payment is found on that payment (read by Id), whose note carries the reference. A reversal
         is found when its payment (read by Id) is void: the void carries the reversal's reference in its
-        note, and a payment a person voided is reversed all the same (``post`` answers ``ok`` for it).
+        note, and a payment a person voided is reversed all the same (``post`` answers ``ok`` for it). A
+        surcharge reversal is found when its Deposit (read by Id) is gone.
         """
         found: dict[str, str] = {}
         by_entity: dict[str, dict[str, dict[str, list[str]]]] = {}
         on_payments: dict[str, dict[str, list[str]]] = {}
         reversed_payments: dict[str, list[str]] = {}
+        deleted_deposits: dict[str, list[str]] = {}
         for posting in postings:
             reference = reference_of(posting)
             try:
                 kind = _kind(posting)
+                if kind is PostingKind.SURCHARGE_REVERSAL:
+                    deleted_deposits.setdefault(_text(posting.payload, "surcharge_external_id"), []).append(posting.key)
+                    continue
                 if _from_payment(posting):
                     source = _text(posting.payload, "source_id")
                     on_payments.setdefault(source, {}).setdefault(reference, []).append(posting.key)
@@ -715,6 +835,12 @@ class BatchWriter:
             if voided(payment):
                 for key in reversed_payments.get(source, []):
                     found.setdefault(key, source)
+        if deleted_deposits:
+            still = self._by_id("Deposit", deleted_deposits)
+            for ident, keys in deleted_deposits.items():
+                if ident not in still:
+                    for key in keys:
+                        found.setdefault(key, ident)
         for entity, by_day in by_entity.items():
             wanted: dict[str, list[str]] = {}
             for refs in by_day.values():

@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import stripe
 
+from connectors import jsonwire
 from connectors.base import (
     Actor,
     BalanceLine,
@@ -77,6 +78,21 @@ def _plain(obj: Any) -> dict[str, Any]:
     if not isinstance(result, dict):  # pragma: no cover - the SDK always returns a dict
         raise TypeError(f"unexpected SDK value {type(obj).__name__}")
     return result
+
+
+def _raw_page(page: Any, what: str) -> Mapping[str, Any]:
+    """A list page as its response's JSON text says it, numbers as ``Decimal``."""
+    response = getattr(page, "last_response", None)
+    body = getattr(response, "body", None)
+    if not isinstance(body, str | bytes):
+        raise FatalError(f"stripe {what}: the SDK kept no response body to read")
+    try:
+        parsed = jsonwire.loads(body)
+    except ValueError as exc:
+        raise FatalError(f"stripe {what}: unreadable response: {exc}") from exc
+    if not isinstance(parsed, Mapping):
+        raise FatalError(f"stripe {what}: the response is not a list")
+    return parsed
 
 
 def _error_body(exc: stripe.StripeError) -> dict[str, Any]:
@@ -466,15 +482,26 @@ class StripeProcessor:
         source names the PaymentIntent behind a charge, refund or dispute line (Stripe lists
         a payout's transactions this way for automatic payouts only). Mapped by
         :func:`~connectors.stripe.mapping.balance_line`.
+
+        Each page is read from the response's own JSON text, parsed with ``Decimal`` numbers: the SDK parses
+        ``exchange_rate`` as a float, and a rate never passes through one.
         """
         params: dict[str, Any] = {"payout": payout_id, "limit": self.page_size, "expand": ["data.source"]}
-        for payload in self._each(
-            f"list balance transactions of {payout_id}",
-            lambda: self._client.v1.balance_transactions.list(params=params),  # type: ignore[arg-type]
-        ):
-            if payload.get("type") == "payout":
-                continue
-            yield self._mapped(f"balance transaction {payload.get('id')}", balance_line, payload, payout_id)
+        what = f"list balance transactions of {payout_id}"
+        while True:
+            try:
+                page = self._client.v1.balance_transactions.list(params=params)  # type: ignore[arg-type]
+            except stripe.StripeError as exc:
+                raise translate(exc, what) from exc
+            body = _raw_page(page, what)
+            items = [item for item in body.get("data") or [] if isinstance(item, Mapping)]
+            for payload in items:
+                if payload.get("type") == "payout":
+                    continue
+                yield self._mapped(f"balance transaction {payload.get('id')}", balance_line, payload, payout_id)
+            if not body.get("has_more") or not items:
+                return
+            params = {**params, "starting_after": str(items[-1].get("id"))}
 
     def _mapped(self, what: str, mapping: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``mapping(*args, **kwargs)``, a payload it cannot map raised as :class:`FatalError` naming ``what``."""

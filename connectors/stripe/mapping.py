@@ -886,6 +886,7 @@ def balance_line(payload: Mapping[str, Any], payout_id: str) -> BalanceLine:
     is the PaymentIntent an expanded source names (a charge's, a refund's or a dispute's own
     ``payment_intent``, or that of its expanded ``charge``); ``None`` when the source is not
     expanded or names none. Amount, fee and net keep their signs (a refund's amount is negative).
+    ``exchange_rate`` is kept when Stripe converted the money (a charge in another currency).
     """
     txn_id = _required_id(payload, "balance_transaction")
     where = f"balance_transaction {txn_id}"
@@ -906,7 +907,19 @@ def balance_line(payload: Mapping[str, Any], payout_id: str) -> BalanceLine:
         currency,
         utc_timestamp(payload.get("created"), where),
         _text(payload.get("reporting_category")),
+        _exchange_rate(payload.get("exchange_rate"), where),
     )
+
+
+def _exchange_rate(value: object, where: str) -> Decimal | None:
+    """A balance transaction's ``exchange_rate`` (null when nothing was converted), as parsed from the JSON text
+    with ``parse_float=Decimal``; a positive number."""
+    if value is None:
+        return None
+    rate = to_decimal(value, where, "exchange_rate")
+    if rate <= 0:
+        raise MappingError(f"{where}: exchange_rate {rate} is not positive")
+    return rate
 
 
 # --- Errors ---------------------------------------------------------------------------

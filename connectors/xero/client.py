@@ -418,7 +418,8 @@ class XeroSource:
     # --- writing (the LedgerWriter port) ---------------------------------------
 
     def post(self, postings: Sequence[Posting]) -> list[PostingResult]:
-        """Write payments, fees (SPEND bank transactions), payouts (bank transfers), credit applications,
+        """Write payments, fees (SPEND bank transactions), payouts and payout debits (bank transfers: clearing to
+        bank, or bank back to clearing when the processor debited the bank), credit applications,
         payment reversals (payments deleted) and surcharges (RECEIVE bank transactions).
 
         Items go in batches of at most 50 with ``summarizeErrors=false`` where the endpoint takes it, so
@@ -436,6 +437,10 @@ class XeroSource:
                 done = self._post_allocations(group)
             elif kind == PostingKind.PAYMENT_REVERSAL:
                 done = self._post_reversals(group)
+            elif kind == PostingKind.REFUND:
+                done = self._post_refunds(group)
+            elif kind == PostingKind.SURCHARGE_REVERSAL:
+                done = self._post_surcharge_reversals(group)
             elif kind in _WRITERS:
                 done = []
                 for start in range(0, len(group), BATCH_SIZE):
@@ -598,10 +603,202 @@ class XeroSource:
         return out
 
     def _where_ids(self, collection: str, ids: Sequence[str]) -> Iterator[Mapping[str, Any]]:
-        id_field = ID_FIELDS[collection]
+        id_field = "BankTransactionID" if collection == "BankTransactions" else ID_FIELDS[collection]
         for start in range(0, len(ids), LOOKUP_CHUNK):
             where = " || ".join(f'{id_field}==Guid("{i}")' for i in ids[start : start + LOOKUP_CHUNK])
             yield from self._read_all(collection, where=where)
+
+    # --- partial refunds (a credit note refunded from clearing) -------------------
+
+    def _post_refunds(self, postings: Sequence[Posting]) -> list[PostingResult]:
+        """Each refund: an ACCRECCREDIT credit note for the amount (``Reference`` the posting's reference), then
+        a payment on it from the clearing account (Xero: "refund against the credit"), which leaves it PAID.
+
+        The credit notes are looked up first (by date and reference): one made by an earlier attempt is not
+        made again, and one already refunded is ``ok`` without a call. New credit notes go in arrays of 50
+        (``summarizeErrors=false``), then their refund payments in arrays of 50. The result's id is the credit
+        note's.
+        """
+        results: list[PostingResult] = []
+        built, refused = _build(postings, _credit_note)
+        results += refused
+        amounts: dict[str, Decimal] = {p.key: p.payload["amount"] for p, _ in built}
+        notes = self._find_credit_notes([p for p, _ in built])
+        to_make = [(p, body) for p, body in built if p.key not in notes]
+        made: dict[str, tuple[str, Decimal]] = {}
+        for start in range(0, len(to_make), BATCH_SIZE):
+            chunk = to_make[start : start + BATCH_SIZE]
+
+            def make(bodies: list[dict[str, Any]], key: str) -> Any:
+                return self.api.create_credit_notes(
+                    self.tenant_id(),
+                    jsonwire.dumps({"CreditNotes": bodies}),
+                    summarize_errors=False,
+                    idempotency_key=key,
+                    _preload_content=False,
+                )
+
+            for result in self._send(PostingKind.REFUND.value, "CreditNotes", "CreditNoteID", chunk, make, prefix=()):
+                if result.ok and result.external_id:
+                    made[result.key] = (result.external_id, amounts[result.key])
+                else:
+                    results.append(result)
+        to_pay: list[tuple[Posting, dict[str, Any]]] = []
+        note_of: dict[str, str] = {}
+        for posting, _ in built:
+            if posting.key in notes:
+                ident, remaining = notes[posting.key]
+            elif posting.key in made:
+                ident, remaining = made[posting.key]
+            else:
+                continue
+            note_of[posting.key] = ident
+            amount = posting.payload["amount"]
+            if remaining == 0:
+                results.append(PostingResult(posting.key, True, external_id=ident))
+            elif remaining != amount:
+                results.append(
+                    _refused(posting.key, f"credit note {ident} has {remaining} left to refund, not {amount}")
+                )
+            else:
+                try:
+                    to_pay.append((posting, _refund_payment(posting.payload, posting.key, ident)))
+                except _PayloadError as exc:
+                    results.append(_refused(posting.key, f"payload: {exc}"))
+        for start in range(0, len(to_pay), BATCH_SIZE):
+            chunk = to_pay[start : start + BATCH_SIZE]
+
+            def pay(bodies: list[dict[str, Any]], key: str) -> Any:
+                return self.api.create_payments(
+                    self.tenant_id(),
+                    jsonwire.dumps({"Payments": bodies}),
+                    summarize_errors=False,
+                    idempotency_key=key,
+                    _preload_content=False,
+                )
+
+            for result in self._send("refund_payment", "Payments", "PaymentID", chunk, pay, prefix=()):
+                external_id = note_of[result.key] if result.ok else None
+                results.append(PostingResult(result.key, result.ok, external_id, result.reason, result.retry))
+        return results
+
+    def _find_credit_notes(self, postings: Sequence[Posting]) -> dict[str, tuple[str, Decimal]]:
+        """Credit notes carrying the postings' references: key -> (CreditNoteID, remaining credit). Read by
+        type and date (``Reference`` is not an optimised filter), matched here; deleted and voided ones are left
+        out (a person took that one back: a new one is made)."""
+        if not postings:
+            return {}
+        wanted = {_reference(p): p.key for p in postings}
+        days = sorted(_as_date(p.payload.get("date"), self.clock) for p in postings)
+        where = f'Type=="ACCRECCREDIT" && Date>={_datetime(days[0])} && Date<={_datetime(days[-1])}'
+        found: dict[str, tuple[str, Decimal]] = {}
+        for item in self._read_all("CreditNotes", where=where, paged=True):
+            key = wanted.get(str(item.get("Reference") or ""))
+            if key and item.get("Status") not in ("DELETED", "VOIDED"):
+                found[key] = (str(item.get("CreditNoteID")), Decimal(str(item.get("RemainingCredit", "0"))))
+        return found
+
+    def _find_refunds(self, postings: Sequence[Posting]) -> dict[str, str]:
+        """A refund is posted once its credit note is refunded in full (nothing left to refund)."""
+        return {key: ident for key, (ident, left) in self._find_credit_notes(postings).items() if left == 0}
+
+    # --- surcharge reversals (RECEIVE bank transactions deleted) -----------------
+
+    def _post_surcharge_reversals(self, postings: Sequence[Posting]) -> list[PostingResult]:
+        """Delete each reversed surcharge's RECEIVE bank transaction (``POST /BankTransactions/{id}`` with
+        ``Status`` ``DELETED``: the spec's BankTransaction statuses are AUTHORISED, DELETED and VOIDED, and
+        updating the status to DELETED is how Xero removes spend or receive money).
+
+        They are read first (25 a call): one already deleted is ``ok`` without a call; one Xero does not have,
+        or for another amount, is refused. One call per bank transaction (the endpoint takes one id).
+        """
+        results: list[PostingResult] = []
+        wanted: dict[str, list[Posting]] = {}
+        for posting in postings:
+            try:
+                ident = _guid_of(posting.payload, "surcharge_external_id", "BankTransactionID")
+                _money(posting.payload.get("amount"))
+            except _PayloadError as exc:
+                results.append(_refused(posting.key, f"payload: {exc}"))
+                continue
+            wanted.setdefault(ident, []).append(posting)
+        found = {
+            str(item.get("BankTransactionID", "")).lower(): item
+            for item in self._where_ids("BankTransactions", list(wanted))
+        }
+        for ident, group in wanted.items():
+            item = found.get(ident)
+            if item is None:
+                results += [_refused(p.key, f"Xero has no bank transaction {ident}") for p in group]
+                continue
+            if item.get("Status") == "DELETED":
+                results += [PostingResult(p.key, True, external_id=str(item["BankTransactionID"])) for p in group]
+                continue
+            total = Decimal(str(item.get("Total", "0")))
+            sendable = [p for p in group if p.payload["amount"] == total]
+            results += [
+                _refused(p.key, f"bank transaction {ident} is for {total}, the reversal for {p.payload['amount']}")
+                for p in group
+                if p.payload["amount"] != total
+            ]
+            if sendable:
+                results += self._delete_bank_transaction(item, sendable)
+        return results
+
+    def _delete_bank_transaction(self, item: Mapping[str, Any], postings: Sequence[Posting]) -> list[PostingResult]:
+        """The update a deletion is: the transaction as read (the spec requires ``Type``, ``BankAccount`` and
+        ``LineItems`` in the body), with ``Status`` DELETED."""
+        ident = str(item["BankTransactionID"])
+        lines = [
+            {k: line[k] for k in ("LineItemID", "Description", "Quantity", "UnitAmount", "AccountCode") if k in line}
+            for line in item.get("LineItems") or []
+            if isinstance(line, Mapping)
+        ]
+        body: dict[str, Any] = {
+            "BankTransactionID": ident,
+            "Type": item.get("Type"),
+            "Contact": {"ContactID": _mapping(item.get("Contact")).get("ContactID")},
+            "BankAccount": {"AccountID": _mapping(item.get("BankAccount")).get("AccountID")},
+            "LineItems": lines,
+            "Status": "DELETED",
+        }
+
+        def send(bodies: list[dict[str, Any]], key: str) -> Any:
+            return self.api.update_bank_transaction(
+                self.tenant_id(),
+                ident,
+                jsonwire.dumps({"BankTransactions": bodies}),
+                idempotency_key=key,
+                _preload_content=False,
+            )
+
+        first, *others = postings
+        [result] = self._send(
+            PostingKind.SURCHARGE_REVERSAL.value,
+            "BankTransactions",
+            "BankTransactionID",
+            [(first, body)],
+            send,
+            prefix=[f"BankTransactions/{ident}", *(p.identity for p in others)],
+            fallback_id=ident,
+        )
+        return [result, *(PostingResult(p.key, result.ok, result.external_id, result.reason) for p in others)]
+
+    def _find_surcharge_reversals(self, postings: Sequence[Posting]) -> dict[str, str]:
+        wanted: dict[str, list[str]] = {}
+        for posting in postings:
+            try:
+                wanted.setdefault(_guid_of(posting.payload, "surcharge_external_id", "BankTransactionID"), []).append(
+                    posting.key
+                )
+            except _PayloadError:
+                continue  # post() refuses such a posting: it was never sent
+        found: dict[str, str] = {}
+        for item in self._where_ids("BankTransactions", list(wanted)):
+            if item.get("Status") == "DELETED":
+                for key in wanted.get(str(item.get("BankTransactionID", "")).lower(), []):
+                    found[key] = str(item["BankTransactionID"])
+        return found
 
     # --- payment reversals (payments deleted) ------------------------------------
 
@@ -709,10 +906,19 @@ class XeroSource:
             found |= self._find_bank_transactions(groups[PostingKind.SURCHARGE], "RECEIVE")
         if groups.get(PostingKind.PAYMENT_REVERSAL):
             found |= self._find_reversals(groups[PostingKind.PAYMENT_REVERSAL])
-        if groups.get(PostingKind.PAYOUT):
-            found |= self._find_transfers(groups[PostingKind.PAYOUT])
+        transfers = [*groups.get(PostingKind.PAYOUT, []), *groups.get(PostingKind.PAYOUT_DEBIT, [])]
+        if transfers:
+            found |= self._find_transfers(transfers)
         if groups.get(PostingKind.CREDIT_APPLICATION):
             found |= self._find_allocations(groups[PostingKind.CREDIT_APPLICATION])
+        if groups.get(PostingKind.REFUND):
+            found |= self._find_refunds(groups[PostingKind.REFUND])
+        if groups.get(PostingKind.OVERPAYMENT):
+            found |= self._find_bank_transactions(
+                groups[PostingKind.OVERPAYMENT], "RECEIVE-OVERPAYMENT", "OverpaymentID"
+            )
+        if groups.get(PostingKind.SURCHARGE_REVERSAL):
+            found |= self._find_surcharge_reversals(groups[PostingKind.SURCHARGE_REVERSAL])
         return found
 
     def _find_payments(self, postings: Sequence[Posting]) -> dict[str, str]:
@@ -729,7 +935,9 @@ class XeroSource:
                     matches.add(key, str(item.get("PaymentID")), item.get("Status"))
         return matches.best()
 
-    def _find_bank_transactions(self, postings: Sequence[Posting], kind: str) -> dict[str, str]:
+    def _find_bank_transactions(
+        self, postings: Sequence[Posting], kind: str, id_field: str = "BankTransactionID"
+    ) -> dict[str, str]:
         wanted = {_reference(p): p.key for p in postings}
         days = sorted(_as_date(p.payload.get("date"), self.clock) for p in postings)
         where = f'Type=="{kind}" && Date>={_datetime(days[0])} && Date<={_datetime(days[-1])}'
@@ -737,7 +945,7 @@ class XeroSource:
         for item in self._read_all("BankTransactions", where=where, paged=True):
             key = wanted.get(str(item.get("Reference") or ""))
             if key:
-                matches.add(key, str(item.get("BankTransactionID")), item.get("Status"))
+                matches.add(key, str(item.get(id_field)), item.get("Status"))
         return matches.best()
 
     def _find_transfers(self, postings: Sequence[Posting]) -> dict[str, str]:
@@ -988,8 +1196,23 @@ def _payment(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
         "Reference": payload.get("reference") or key,
     }
     if payload.get("currency_rate") is not None:
-        item["CurrencyRate"] = _money(payload["currency_rate"])
+        item["CurrencyRate"] = xero_rate(_money(payload["currency_rate"]))
     return item
+
+
+XERO_RATE_PLACES = Decimal("0.000001")
+"""Xero keeps a rate to six decimal places (the spec: "max length = [18].[6]")."""
+
+
+def xero_rate(home_per_unit: Decimal) -> Decimal:
+    """Xero's ``CurrencyRate`` for a rate in home units per unit of the document's currency.
+
+    Xero states a rate the other way round: units of the document's currency per unit of the base (home)
+    currency (a EUR payment in a USD organisation at 0.92 EUR per USD is ``CurrencyRate`` 0.92, and its bank
+    amount is ``Amount / CurrencyRate``). Rounded half-even to six places."""
+    if home_per_unit <= 0:
+        raise _PayloadError(f"currency_rate {home_per_unit} is not positive")
+    return (Decimal(1) / home_per_unit).quantize(XERO_RATE_PLACES)
 
 
 def _spend(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -1031,13 +1254,73 @@ def _receive(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
     }
 
 
+def _credit_note(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A partial refund's credit note: the customer's, for the amount, one line on the refund account."""
+    account = payload.get("income_account")
+    if not account:
+        raise _PayloadError("no refund_account in [writeback]: a credit note line needs a revenue account")
+    return {
+        "Type": "ACCRECCREDIT",
+        "Contact": {"ContactID": _required(payload, "customer_external_id")},
+        "Date": _day(payload.get("date")),
+        "Status": "AUTHORISED",
+        "CurrencyCode": str(_required(payload, "currency")).upper(),
+        "Reference": payload.get("reference") or key,
+        "LineAmountTypes": "NoTax",
+        "LineItems": [
+            {
+                "Description": payload.get("description") or "Refund",
+                "Quantity": Decimal("1"),
+                "UnitAmount": _money(payload.get("amount")),
+                "AccountCode": account,
+            }
+        ],
+    }
+
+
+def _refund_payment(payload: Mapping[str, Any], key: str, credit_note: str) -> dict[str, Any]:
+    """The refund of ``credit_note``: money paid back to the customer from the clearing account."""
+    return {
+        "CreditNote": {"CreditNoteID": credit_note},
+        "Account": {"Code": _required(payload, "account")},
+        "Date": _day(payload.get("date")),
+        "Amount": _money(payload.get("amount")),
+        "Reference": payload.get("reference") or key,
+    }
+
+
+def _overpayment(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The customer's unapplied credit: a RECEIVE-OVERPAYMENT into the clearing account. Xero books the line
+    to accounts receivable itself (an overpayment's line carries no account); its ``OverpaymentID`` is the
+    unapplied cash the sync reads back."""
+    return {
+        "Type": "RECEIVE-OVERPAYMENT",
+        "Contact": {"ContactID": _required(payload, "customer_external_id")},
+        "BankAccount": {"Code": _required(payload, "account")},
+        "Date": _day(payload.get("date")),
+        "Reference": payload.get("reference") or key,
+        "LineAmountTypes": "NoTax",
+        "LineItems": [
+            {
+                "Description": payload.get("description") or "Unapplied credit",
+                "LineAmount": _money(payload.get("amount")),
+            }
+        ],
+    }
+
+
 def _payment_id(payload: Mapping[str, Any]) -> str:
     """The payment a reversal undoes, as Xero writes ids (a GUID, lower case)."""
-    value = str(_required(payload, "payment_external_id"))
+    return _guid_of(payload, "payment_external_id", "PaymentID")
+
+
+def _guid_of(payload: Mapping[str, Any], name: str, what: str = "id") -> str:
+    """``payload[name]`` as Xero writes ids (a GUID, lower case)."""
+    value = str(_required(payload, name))
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise _PayloadError(f"payment_external_id {value!r} is not a Xero PaymentID") from None
+        raise _PayloadError(f"{name} {value!r} is not a Xero {what}") from None
 
 
 def _transfer(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -1063,7 +1346,11 @@ _WRITERS: Mapping[str, _Writer] = {
     PostingKind.PAYMENT: _Writer("Payments", _payment, "PaymentID", "create_payments", True),
     PostingKind.FEE: _Writer("BankTransactions", _spend, "BankTransactionID", "create_bank_transactions", True),
     PostingKind.PAYOUT: _Writer("BankTransfers", _transfer, "BankTransferID", "create_bank_transfer", False),
+    PostingKind.PAYOUT_DEBIT: _Writer("BankTransfers", _transfer, "BankTransferID", "create_bank_transfer", False),
     PostingKind.SURCHARGE: _Writer("BankTransactions", _receive, "BankTransactionID", "create_bank_transactions", True),
+    PostingKind.OVERPAYMENT: _Writer(
+        "BankTransactions", _overpayment, "OverpaymentID", "create_bank_transactions", True
+    ),
 }
 _ALLOCATION_CALLS: Mapping[str, str] = {
     "CreditNotes": "create_credit_note_allocation",

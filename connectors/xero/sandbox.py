@@ -115,7 +115,7 @@ PAGED = frozenset(
     {"Contacts", "Invoices", "Payments", "CreditNotes", "Overpayments", "Prepayments", "BankTransactions"}
 )
 """Collections whose GET takes ``page``/``pageSize`` in the spec (not Accounts, not BankTransfers)."""
-WRITABLE = frozenset({"Payments", "BankTransactions", "BankTransfers"})
+WRITABLE = frozenset({"Payments", "BankTransactions", "BankTransfers", "CreditNotes"})
 _ALLOCATABLE = frozenset({"CreditNotes", "Overpayments", "Prepayments"})
 
 DEFAULT_TENANT: tuple[str, str] = ("b1f5b5f2-6c3e-4a8e-9b5a-2f0d7c4e8a11", "Demo Company (US)")
@@ -1732,6 +1732,10 @@ class XeroSandbox:
         currency, rate = self._currency(obj, contact)
         stamp = self._stamp(obj, trusted)
         day = self._day(obj["Date"]) if obj.get("Date") is not None else _EPOCH_ORDINAL + stamp // _DAY_MS
+        if not trusted and status != "DRAFT":
+            locked = self._locked(tenant, day)
+            if locked:
+                raise XeroValidationError(*locked)
         id_field = ID_FIELDS[name]
         ident = _guid(obj.get(id_field) or _new_id())
         number_field = "CreditNoteNumber" if credit else "InvoiceNumber"
@@ -3304,6 +3308,8 @@ class XeroSandbox:
             return self._idempotent(tenant, headers, lambda: self._write_collection(tenant, name, method, params, body))
         if method == "POST" and len(segments) == 2 and name == "Payments":
             return self._idempotent(tenant, headers, lambda: self._payment_status(tenant, segments[1], body))
+        if method == "POST" and len(segments) == 2 and name == "BankTransactions":
+            return self._idempotent(tenant, headers, lambda: self._bank_transaction_status(tenant, segments[1], body))
         if method in ("PUT", "POST") and len(segments) == 3 and segments[2].lower() == "allocations":
             if name not in _ALLOCATABLE:
                 raise _not_found()
@@ -3374,6 +3380,48 @@ class XeroSandbox:
                     [{"PaymentID": ident, "ValidationErrors": [{"Message": m} for m in exc.messages]}],
                 ) from None
             return self._envelope("Payments", [self._render(tenant, "Payments", core)])
+
+    def _bank_transaction_status(self, tenant: _Tenant, ident: str, body: bytes) -> _Response:
+        """POST /BankTransactions/{id} with ``Status`` DELETED: spend or receive money deleted (the sandbox
+        supports no other update). A reconciled one, a transfer's leg, an overpayment or prepayment, or one dated
+        on or before a lock date is refused as Xero refuses it."""
+        try:
+            payload = loads(body.decode("utf-8")) if body.strip() else None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _post_data_error(f"Invalid JSON in the request body: {exc}") from None
+        items = payload.get("BankTransactions") if isinstance(payload, dict) else None
+        change = items[0] if isinstance(items, list) and items else payload
+        if not isinstance(change, dict) or str(change.get("Status", "")).upper() != "DELETED":
+            raise _api_exception(10, "ValidationException", "The sandbox only changes a bank transaction to DELETED")
+        with self._lock, self._batch(tenant):
+            stored = tenant.collections["BankTransactions"].rows.get(_guid(ident))
+            if stored is None:
+                raise _not_found()
+            core = self._core(stored)
+            messages: list[str] = []
+            if core.get("Type") not in ("RECEIVE", "SPEND"):
+                messages.append(f"A {core.get('Type')} bank transaction cannot be deleted this way")
+            if _truthy(core.get("IsReconciled")):
+                messages.append(
+                    "This Bank Transaction cannot be edited as it has been reconciled with a Bank Statement."
+                )
+            messages += self._locked(tenant, core["Date"])
+            if messages:
+                raise _api_exception(
+                    10,
+                    "ValidationException",
+                    "A validation exception occurred",
+                    [
+                        {
+                            "BankTransactionID": core["BankTransactionID"],
+                            "ValidationErrors": [{"Message": m} for m in messages],
+                        }
+                    ],
+                )
+            changed = self._store(
+                tenant, "BankTransactions", {**core, "Status": "DELETED", "UpdatedDateUTC": self._now_ms()}
+            )
+            return self._envelope("BankTransactions", [self._render(tenant, "BankTransactions", changed)])
 
     def _idempotent(self, tenant: _Tenant, headers: Mapping[str, str], call: Callable[[], _Response]) -> _Response:
         key = headers.get("idempotency-key", "")

@@ -279,3 +279,109 @@ def test_a_reversal_is_a_void_item_and_a_surcharge_a_deposit_both_declared_by_th
     }
     assert voided["PrivateNote"] == "Voided - p:1\nr:1" and voided["TotalAmt"] == 0
     assert deposit["Line"][0]["DepositLineDetail"] == {"Entity": {"value": customer}, "AccountRef": {"value": income}}
+
+
+def test_a_payout_debit_is_a_transfer_and_a_partial_refund_a_refund_receipt_both_declared_by_the_xsd(
+    box: QuickBooksSandbox, xsd: Xsd
+) -> None:
+    clock = FakeClock(datetime(2020, 9, 29, 15, 0, tzinfo=UTC))
+    customer = str(box.put("Customer", {"DisplayName": "Amy's Bird Sanctuary"})["Id"])
+    clearing = str(box.put("Account", {"Name": "Clearing", "AccountType": "Other Current Asset"})["Id"])
+    bank = str(box.put("Account", {"Name": "Checking", "AccountType": "Bank"})["Id"])
+    line = {"Amount": D("100.00"), "DetailType": "SalesItemLineDetail"}
+    invoice = str(box.put("Invoice", {"CustomerRef": {"value": customer}, "Line": [line]})["Id"])
+    common = {"currency": "USD", "date": DAY}
+    debit = Posting(
+        "d:1",
+        PostingKind.PAYOUT_DEBIT.value,
+        {**common, "amount": D("40.00"), "from_account": bank, "to_account": clearing, "reference": "po_1"},
+    )
+    refund = Posting(
+        "f:1",
+        PostingKind.REFUND.value,
+        {
+            **common,
+            "refund_id": "re_1",
+            "invoice_external_id": invoice,
+            "customer_external_id": customer,
+            "amount": D("12.50"),
+            "account": clearing,
+            "refund_item": "1",
+        },
+    )
+
+    results = connect(box, clock).post([debit, refund])
+
+    assert [r.ok for r in results] == [True, True], [r.reason for r in results]
+    *_, (_, _, body) = [entry for entry in box.requests_log if "/batch" in entry[1]]
+    items = json.loads(body)["BatchItemRequest"]
+    assert [(item["operation"], next(k for k in item if k not in ("bId", "operation"))) for item in items] == [
+        ("create", "Transfer"),
+        ("create", "RefundReceipt"),
+    ]
+    problems: list[str] = []
+    for item in items:
+        [entity] = set(item) - {"bId", "operation"}
+        problems += xsd.undeclared(item[entity], entity, f"{entity}[{item['bId']}]")
+    transfer = box.get("Transfer", str(results[0].external_id))
+    receipt = box.get("RefundReceipt", str(results[1].external_id))
+    assert transfer is not None and receipt is not None
+    problems += xsd.undeclared(transfer, "Transfer", "Transfer")
+    problems += xsd.undeclared(receipt, "RefundReceipt", "RefundReceipt")
+    assert problems == []
+    assert box.get("Account", bank)["CurrentBalance"] == D("-40.00")  # type: ignore[index]
+    assert box.get("Account", clearing)["CurrentBalance"] == D("27.50")  # type: ignore[index]  # 40.00 in, 12.50 out
+
+
+def test_a_surcharge_undone_is_a_delete_item_and_unapplied_credit_a_payment_both_declared_by_the_xsd(
+    box: QuickBooksSandbox, xsd: Xsd
+) -> None:
+    clock = FakeClock(datetime(2020, 9, 29, 15, 0, tzinfo=UTC))
+    customer = str(box.put("Customer", {"DisplayName": "Amy's Bird Sanctuary"})["Id"])
+    clearing = str(box.put("Account", {"Name": "Clearing", "AccountType": "Other Current Asset"})["Id"])
+    income = str(box.put("Account", {"Name": "Surcharges", "Classification": "Revenue", "AccountType": "Income"})["Id"])
+    common = {"currency": "USD", "date": DAY}
+    source = connect(box, clock)
+    extra = Posting(
+        "s:1",
+        PostingKind.SURCHARGE.value,
+        {
+            **common,
+            "customer_external_id": customer,
+            "amount": D("2.90"),
+            "account": clearing,
+            "income_account": income,
+        },
+    )
+    [made] = source.post([extra])
+    undo = Posting(
+        "u:1",
+        PostingKind.SURCHARGE_REVERSAL.value,
+        {**common, "surcharge_external_id": made.external_id, "amount": D("2.90"), "reason": "refunded in full"},
+    )
+    credit = Posting(
+        "o:1",
+        PostingKind.OVERPAYMENT.value,
+        {**common, "customer_external_id": customer, "amount": D("70.00"), "account": clearing},
+    )
+
+    results = source.post([undo, credit])
+
+    assert [r.ok for r in results] == [True, True], [r.reason for r in results]
+    *_, (_, _, body) = [entry for entry in box.requests_log if "/batch" in entry[1]]
+    items = json.loads(body)["BatchItemRequest"]
+    assert [(item["operation"], next(k for k in item if k not in ("bId", "operation"))) for item in items] == [
+        ("delete", "Deposit"),
+        ("create", "Payment"),
+    ]
+    assert {item["operation"] for item in items} <= operations(XSD_DIR)
+    problems: list[str] = []
+    for item in items:
+        [entity] = set(item) - {"bId", "operation"}
+        problems += xsd.undeclared(item[entity], entity, f"{entity}[{item['bId']}]")
+    unapplied = box.get("Payment", str(results[1].external_id))
+    assert unapplied is not None
+    problems += xsd.undeclared(unapplied, "Payment", "Payment")
+    assert problems == []
+    assert (unapplied["UnappliedAmt"], unapplied["Line"]) == (D("70.00"), [])
+    assert box.get("Deposit", str(made.external_id)) is None

@@ -19,7 +19,6 @@ parameter name, and the value where the spec lists an enum).
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import pytest
 import vcr
 import yaml
 
+from connectors import jsonwire
 from connectors.base import (
     BalanceLine,
     ChargeState,
@@ -67,7 +67,7 @@ DISPUTE = "dp_1Pgc71B7WZ01zgkWMevJiAUx"
 
 @cache
 def _resources() -> dict[str, Any]:
-    resources = json.loads(FIXTURES.read_text(encoding="utf-8"))["resources"]
+    resources = jsonwire.loads(FIXTURES.read_text(encoding="utf-8"))["resources"]
     assert isinstance(resources, dict)
     return resources
 
@@ -111,7 +111,7 @@ class Call:
             "response": {
                 "status": {"code": self.status, "message": "OK"},
                 "headers": {"Content-Type": ["application/json"], "Request-Id": ["req_cassette"]},
-                "body": {"string": json.dumps(self.body)},
+                "body": {"string": jsonwire.dumps(self.body)},
             },
         }
 
@@ -503,6 +503,27 @@ def test_payout_lines_skip_the_payout_and_keep_fees_exact(tmp_path: Path) -> Non
         line("txn_dispute", "adjustment", DISPUTE, None, "-10.00", "15.00", "-25.00", "dispute"),
     ]
     assert sum(x.net for x in lines) == Decimal("46.80")
+
+
+def test_a_converted_charge_keeps_stripes_exchange_rate_exactly(tmp_path: Path) -> None:
+    converted = balance_transaction(
+        "txn_eur",
+        amount=10837,
+        fee=344,
+        net=10493,
+        exchange_rate=Decimal("1.083712345"),
+        source=fixture("charge", captured=True, payment_intent=PI, amount=10000, currency="eur"),
+    )
+    plain = balance_transaction("txn_usd", amount=500, fee=45, net=455, exchange_rate=None)
+    query = [("payout", PAYOUT), ("limit", "2"), ("expand[0]", "data.source")]
+    path = "/v1/balance_transactions"
+    with replay(tmp_path, [Call("GET", path, listing(path, [converted, plain], False), query=query)]):
+        lines = list(processor(page_size=2).payout_lines(PAYOUT))
+    assert [(line.id, line.amount, line.exchange_rate) for line in lines] == [
+        ("txn_eur", Decimal("108.37"), Decimal("1.083712345")),
+        ("txn_usd", Decimal("5.00"), None),
+    ]
+    assert isinstance(lines[0].exchange_rate, Decimal)
 
 
 # --- refunds ----------------------------------------------------------------------------------

@@ -33,8 +33,18 @@ from typer.testing import CliRunner
 
 from arsync.cli import app
 from collect.autopay import Selection
-from sync.models import CreditNote, Invoice, JournalEntry
-from tests.writeback import LEDGERS, TENANT, Posted, World, make_payout, start_world
+from sync.models import CreditNote, Invoice, JournalEntry, ProcessorRefund
+from tests.writeback import (
+    LEDGERS,
+    TENANT,
+    VISA,
+    Posted,
+    World,
+    make_payout,
+    make_refund_payout,
+    settle_refunds,
+    start_world,
+)
 
 D = Decimal
 runner = CliRunner()
@@ -412,3 +422,173 @@ def test_write_back_accounts_are_checked_against_the_chart_of_accounts(world: Wo
     assert "is bank, write-back needs expense" in checked.err
     refused = arsync(world, "reconcile", "run")
     assert refused.code == 2 and "nothing was posted" in refused.err, refused.text
+
+
+# --- refunds and a payout that debits the bank -------------------------------------------------------------------
+
+
+def test_refunds_are_booked_and_a_payout_that_debits_the_bank_moves_it_back_to_clearing(world: World) -> None:
+    books, today = world.books, world.today()
+    customer = books.customer("Lighthouse Optics", "ap@lighthouse.example.com")
+    kept, returned = books.invoice(customer, "120.00", today), books.invoice(customer, "80.00", today)
+    world.sync()
+    world.enrol(customer)
+    collector = world.collector()
+    assert collector.run().counts() == {"succeeded": 2}
+    collector.follow()
+    paid = {str(p.invoice_external_id): str(p.processor_id) for p in world.processor_payments()}
+    first = make_payout(world.sessions, TENANT, today)
+    assert world.reconciler().run().counts() == {"posted": 5}  # two payments, two fees, the deposit
+
+    partial = collector.refund(paid[kept], D("30.00"))  # money back on one, all of the other
+    whole = collector.refund(paid[returned], None)
+    assert [type(o).__name__ for _, o in partial + whole] == ["Done", "Done"]
+    assert set(settle_refunds(world.sessions, world.stripe, TENANT).values()) == {"succeeded"}
+    with world.sessions() as session:
+        refunds = {r.payment_processor_id: r for r in session.execute(sa.select(ProcessorRefund)).scalars()}
+    assert {pi: (r.amount, r.status) for pi, r in refunds.items()} == {
+        paid[kept]: (D("30.00"), "succeeded"),
+        paid[returned]: (D("80.00"), "succeeded"),
+    }
+    debit = make_refund_payout(world.sessions, TENANT, today)
+    assert debit.amount == D("-110.00")
+
+    run = world.reconciler().run()
+
+    assert (run.derived.refunds, run.derived.reversals, run.derived.payouts) == (1, 1, 1)
+    assert run.counts() == {"posted": 3}, run.outcomes
+    posted = books.posted()
+    [refund] = of_kind(posted, "refund")
+    refund_id = refunds[paid[kept]].refund_id
+    assert (refund.amount, refund.from_account, refund.reference) == (
+        D("30.00"),
+        books.clearing,
+        key(world, "refund", refund_id),
+    )
+    assert books.due(kept) == D("0.00")  # the partial refund leaves the invoice paid
+    assert books.due(returned) == D("80.00")  # the full refund reverses its payment: owed again
+    [back] = [p for p in of_kind(posted, "deposit") if p.reference == debit.payout_id]
+    assert (back.amount, back.from_account, back.to_account) == (D("110.00"), books.bank, books.clearing)
+    assert books.balance(books.clearing) == 0  # 110.00 back from the bank: 30.00 refunded, 80.00 reversed
+    assert books.balance(books.bank) == first.amount - D("110.00")
+
+    report = world.reconciler().report()
+    assert (report.problems(), report.parked, report.waiting, report.other) == (0, [], 0, [])
+    row = next(r for r in report.payouts if r.payout_id == debit.payout_id)
+    assert (row.amount, row.refunds, row.deposited, row.problems) == (D("-110.00"), D("110.00"), D("-110.00"), [])
+    totals = report.totals()["USD"]
+    assert totals["payments"] - totals["fees"] - totals["refunds"] - totals["chargebacks"] == totals["deposited"]
+    assert totals["deposited"] == totals["amount"] == first.amount - D("110.00")
+
+    requests = books.requests()
+    again = world.reconciler().run()
+    assert (again.derived.total(), again.outcomes) == (0, [])
+    assert books.requests() == requests and books.posted() == posted
+
+
+# --- a link paid for more than is owed: unapplied credit ---------------------------------------------------------
+
+
+def test_a_balance_link_paid_after_a_check_leaves_unapplied_credit_that_the_next_charge_counts_once(
+    world: World,
+) -> None:
+    books, today = world.books, world.today()
+    customer = books.customer("Osprey Surveys", "ap@osprey.example.com")
+    first = books.invoice(customer, "70.00", today + timedelta(days=10), issued=today - timedelta(days=20))
+    second = books.invoice(customer, "80.00", today + timedelta(days=10), issued=today - timedelta(days=10))
+    world.sync()
+    world.enrol(customer)
+    collector = world.collector()
+    link, amount, _ = collector.payment_link(None, customer)  # the whole balance: 150.00
+    assert amount == D("150.00")
+    books.check(customer, first, "70.00", today)  # a check for the first arrives, then the link is paid too
+    world.sync()
+    answer = world.stripe.complete_checkout(link.url, world.stripe.card(VISA))
+    assert answer.status_code == 200, answer.text
+    collector.follow()
+    [paid] = [p for p in world.processor_payments() if p.invoice_external_id is None]
+    assert (paid.amount, paid.state, paid.customer_external_id) == (D("150.00"), "succeeded", customer)
+
+    run = world.reconciler().run()
+
+    assert run.counts() == {"posted": 2}, run.outcomes  # the 80.00 share and the 70.00 left over
+    posted = books.posted()
+    [share] = of_kind(posted, "payment")
+    [credit] = of_kind(posted, "unapplied")
+    assert (share.invoice, share.amount, share.to_account) == (second, D("80.00"), books.clearing)
+    assert (credit.amount, credit.to_account, credit.reference) == (
+        D("70.00"),
+        books.clearing,
+        key(world, "overpayment", str(paid.processor_id)),
+    )
+    assert books.due(second) == 0 and books.balance(books.clearing) == D("150.00")
+    again = world.reconciler().run()
+    assert (again.derived.total(), again.outcomes) == (0, [])
+
+    world.sync()  # the echo: the credit is the ledger's now, no longer the processor payment's
+    [paid] = [p for p in world.processor_payments() if p.invoice_external_id is None]
+    assert paid.applied_in_ledger_at is not None
+    third = books.invoice(customer, "100.00", today)
+    world.sync()
+    [item] = collector.plan().items
+    assert item.charge.invoice == third
+    # 70.00 of credit, counted once: 30.00 to charge (counted twice, as the processor's and the ledger's, 0.00)
+    assert [u.amount for u in item.credits] == [D("70.00")]
+    assert [u.source for u in item.credits] == ["payment"]
+    assert item.charge.amount == D("30.00")
+    assert collector.run().counts() == {"succeeded": 1}
+    [charge] = [p for p in world.processor_payments() if p.invoice_external_id == third]
+    assert charge.amount == D("30.00")
+    assert world.reconciler().run().counts() == {"posted": 2}  # the credit applied, and the 30.00 payment
+    assert books.due(third) == 0 and books.paid_in_full(third)
+
+
+# --- a surcharged payment refunded in full ------------------------------------------------------------------------
+
+
+@pytest.fixture(params=LEDGERS)
+def surcharged(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    """The world with a card surcharge (2.9% + 0.30, capped at 3%) booked to an income account."""
+    with ExitStack() as stack:
+        yield start_world(request.param, tmp_path, stack, surcharge=True)
+
+
+def test_a_surcharged_payment_refunded_in_full_takes_its_surcharge_out_of_the_books_too(surcharged: World) -> None:
+    world = surcharged
+    books, today = world.books, world.today()
+    customer = books.customer("Kestrel Print", "ap@kestrel.example.com")
+    invoice = books.invoice(customer, "100.00", today)
+    world.sync()
+    world.enrol(customer)
+    collector = world.collector()
+    assert collector.run().counts() == {"succeeded": 1}
+    collector.follow()
+    [paid] = world.processor_payments()
+    assert (paid.amount, paid.surcharge) == (D("100.00"), D("3.00"))  # 2.9% + 0.30 = 3.20, capped at 3%
+    first = make_payout(world.sessions, TENANT, today)
+    assert world.reconciler().run().counts() == {"posted": 4}  # the payment, its surcharge, the fee, the deposit
+    surcharges = [p for p in of_kind(books.posted(), "deposit") if p.to_account == books.clearing]
+    assert [(p.amount, p.from_account) for p in surcharges] == [(D("3.00"), books.income)]
+
+    whole = collector.refund(str(paid.processor_id), None)  # amount and surcharge: 103.00
+    assert [type(o).__name__ for _, o in whole] == ["Done"]
+    assert set(settle_refunds(world.sessions, world.stripe, TENANT).values()) == {"succeeded"}
+    debit = make_refund_payout(world.sessions, TENANT, today)
+    assert debit.amount == D("-103.00")
+
+    run = world.reconciler().run()
+
+    assert (run.derived.reversals, run.derived.refunds, run.derived.payouts) == (2, 0, 1)
+    assert run.counts() == {"posted": 3}, run.outcomes
+    posted = books.posted()
+    assert [
+        p for p in of_kind(posted, "deposit") if p.to_account == books.clearing and p.from_account == books.income
+    ] == []
+    assert books.due(invoice) == D("100.00")  # the payment undone: owed again until someone credits it
+    assert of_kind(posted, "payment") == []
+    assert books.balance(books.clearing) == 0  # 103.00 in, fee and payout out, 103.00 back, all undone
+    assert books.balance(books.bank) == first.amount - D("103.00")
+    report = world.reconciler().report()
+    assert (report.problems(), report.other) == (0, [])
+    again = world.reconciler().run()
+    assert (again.derived.total(), again.outcomes) == (0, [])

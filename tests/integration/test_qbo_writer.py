@@ -268,6 +268,175 @@ def test_fee_is_a_purchase_payout_a_deposit_and_clearing_nets_to_zero(company: C
     assert company.source.find_posted(postings[2:]) == {fee_key: purchase_id, payout_key: deposit_id}
 
 
+def test_a_payout_debit_is_a_transfer_from_the_bank_back_to_clearing_found_by_its_payout_id(company: Company) -> None:
+    invoice = company.invoice("100.00")
+    company.source.post([payment(company, 1, invoice, "100.00")])
+    payout = Posting(
+        "post:acme:acme-qbo:payout:po_in",
+        PostingKind.PAYOUT.value,
+        {
+            "amount": D("100.00"),
+            "currency": "USD",
+            "date": TODAY,
+            "from_account": company.clearing,
+            "to_account": company.bank,
+            "reference": "po_in",
+        },
+    )
+    debit_key = "post:acme:acme-qbo:payout_debit:po_debit1"
+    debit = Posting(
+        debit_key,
+        PostingKind.PAYOUT_DEBIT.value,
+        {
+            "payout_id": "po_debit1",
+            "amount": D("37.45"),
+            "currency": "USD",
+            "date": date(2026, 11, 23),
+            "from_account": company.bank,
+            "to_account": company.clearing,
+            "reference": "po_debit1",
+        },
+    )
+
+    _, transfer_id = ok_ids(company.source.post([payout, debit]))
+
+    transfer = company.box.get("Transfer", transfer_id)
+    assert transfer is not None
+    assert (transfer["FromAccountRef"], transfer["ToAccountRef"], transfer["Amount"]) == (
+        {"value": company.bank},
+        {"value": company.clearing},
+        D("37.45"),
+    )
+    assert (transfer["PrivateNote"], transfer["TxnDate"]) == ("po_debit1", "2026-11-23")
+    assert company.balance("Account", company.bank, "CurrentBalance") == D("62.55")  # 100.00 in, 37.45 back out
+    assert company.balance("Account", company.clearing, "CurrentBalance") == D("37.45")
+    assert company.source.find_posted([debit]) == {debit_key: transfer_id}
+    same_account = changed(debit, to_account=company.bank)
+    [refused] = company.source.post([same_account])
+    assert not refused.ok and "two accounts" in str(refused.reason)
+
+
+def refund(company: Company, refund_id: str, invoice: str, amount: str, **extra: Any) -> Posting:
+    key = f"post:acme:acme-qbo:refund:{refund_id}"
+    payload: dict[str, Any] = {
+        "refund_id": refund_id,
+        "invoice_external_id": invoice,
+        "customer_external_id": company.customer,
+        "amount": D(amount),
+        "currency": "USD",
+        "date": TODAY,
+        "account": company.clearing,
+        "refund_item": "1",
+        "income_account": None,
+        "reference": key,
+        "description": f"Refund {refund_id}",
+        **extra,
+    }
+    return Posting(key, PostingKind.REFUND.value, payload)
+
+
+def test_a_partial_refund_is_a_refund_receipt_paid_from_clearing_and_the_invoice_stays_paid(company: Company) -> None:
+    invoice = company.invoice("100.00")
+    ok_ids(company.source.post([payment(company, 1, invoice, "100.00")]))
+    posted = refund(company, "re_1AbC", invoice, "12.50")
+    no_item = refund(company, "re_2AbC", invoice, "5.00", refund_item=None)
+
+    first, second = company.source.post([posted, no_item])
+
+    assert first.ok, first.reason
+    receipt = company.box.get("RefundReceipt", str(first.external_id))
+    assert receipt is not None
+    assert (receipt["CustomerRef"]["value"], receipt["DepositToAccountRef"], receipt["TotalAmt"]) == (
+        company.customer,
+        {"value": company.clearing},
+        D("12.50"),
+    )
+    [line, _subtotal] = receipt["Line"]
+    assert (line["Amount"], line["SalesItemLineDetail"]["ItemRef"]) == (D("12.50"), {"value": "1"})
+    assert (receipt["PrivateNote"], receipt["PaymentRefNum"], receipt["TxnDate"]) == (
+        posted.key,
+        "re_1AbC",
+        TODAY.isoformat(),
+    )
+    assert company.balance("Account", company.clearing, "CurrentBalance") == D("87.50")  # 100.00 in, 12.50 out
+    assert company.balance("Invoice", invoice) == 0  # still paid: only the money given back is booked
+    assert not second.ok and "refund_item" in str(second.reason)
+    assert company.source.find_posted([posted, no_item]) == {posted.key: first.external_id}
+
+
+def test_what_a_balance_payment_leaves_is_an_unapplied_payment_into_clearing(company: Company) -> None:
+    key = "post:acme:acme-qbo:overpayment:pi_3Over"
+    posting = Posting(
+        key,
+        PostingKind.OVERPAYMENT.value,
+        {
+            "customer_external_id": company.customer,
+            "amount": D("50.00"),
+            "currency": "USD",
+            "date": TODAY,
+            "account": company.clearing,
+            "reference": key,
+            "processor_key": "paylink:acme:acme-qbo:customer-1:2026-11-20:200.00",
+        },
+    )
+    before = company.box.customer_balance(company.customer)
+
+    [ident] = ok_ids(company.source.post([posting]))
+
+    made = company.box.get("Payment", ident)
+    assert made is not None
+    assert (made["TotalAmt"], made["UnappliedAmt"], made["Line"]) == (D("50.00"), D("50.00"), [])
+    assert (made["DepositToAccountRef"], made["PrivateNote"]) == ({"value": company.clearing}, key)
+    assert company.box.customer_balance(company.customer) == before - D("50.00")  # the customer's credit
+    assert clearing(company) == D("50.00")
+    assert company.source.find_posted([posting]) == {key: ident}
+
+
+def test_a_lost_answer_leaves_transfers_refund_receipts_and_unapplied_payments_to_find_posted(
+    company: Company,
+) -> None:
+    invoice = company.invoice("100.00")
+    ok_ids(company.source.post([payment(company, 1, invoice, "100.00")]))
+
+    def unapplied(n: int) -> Posting:
+        key = f"post:acme:acme-qbo:overpayment:pi_{n}"
+        payload = {
+            "customer_external_id": company.customer,
+            "amount": D("20.00"),
+            "currency": "USD",
+            "date": TODAY,
+            "account": company.clearing,
+            "reference": key,
+        }
+        return Posting(key, PostingKind.OVERPAYMENT.value, payload)
+
+    def debit(n: int) -> Posting:
+        key = f"post:acme:acme-qbo:payout_debit:po_{n}"
+        payload = {
+            "amount": D("15.00"),
+            "currency": "USD",
+            "date": TODAY,
+            "from_account": company.bank,
+            "to_account": company.clearing,
+            "reference": f"po_{n}",
+        }
+        return Posting(key, PostingKind.PAYOUT_DEBIT.value, payload)
+
+    sent = [debit(1), refund(company, "re_lost1", invoice, "5.00"), unapplied(1)]
+    never_sent = [debit(2), refund(company, "re_lost2", invoice, "5.00"), unapplied(2)]
+    company.box.inject("drop_after", times=6, path_contains="/batch")  # every attempt's answer is lost
+
+    with pytest.raises(RetriableError):
+        company.source.post(sent)
+
+    found = company.source.find_posted([*sent, *never_sent])
+    assert set(found) == {p.key for p in sent}
+    assert (company.box.count("Transfer"), company.box.count("RefundReceipt")) == (1, 1)
+    ok_ids(company.source.post(never_sent))
+    assert (company.box.count("Transfer"), company.box.count("RefundReceipt")) == (2, 2)
+    assert clearing(company) == D("100.00") + D("30.00") - D("10.00") + D("40.00")
+
+
 # --- credit applications -------------------------------------------------------------------------------------
 
 
@@ -561,6 +730,46 @@ def test_surcharges_are_deposits_of_income_into_clearing_batched_with_the_rest(c
     assert first_line["Description"] == "Card surcharge on invoice 1"
     assert "Entity" not in company.box.get("Deposit", second)["Line"][0]["DepositLineDetail"]  # type: ignore[index]
     assert company.source.find_posted(postings[1:]) == {postings[1].key: first, postings[2].key: second}
+
+
+def surcharge_reversal(n: int, deposit_id: str, amount: str) -> Posting:
+    key = f"post:acme:acme-qbo:surcharge_reversal:pi_{n:04d}:refund"
+    payload: dict[str, Any] = {
+        "surcharge_external_id": deposit_id,
+        "amount": D(amount),
+        "currency": "USD",
+        "date": TODAY + timedelta(days=2),
+        "reference": key,
+        "reason": "refunded in full (103.00 USD)",
+    }
+    return Posting(key, PostingKind.SURCHARGE_REVERSAL.value, payload)
+
+
+def test_a_refunded_surcharge_deletes_its_deposit_once_and_a_lost_answer_is_found(company: Company) -> None:
+    income = income_account(company)
+    kept, gone, lost = ok_ids(company.source.post([surcharge(company, n, "2.90", income) for n in range(3)]))
+    assert clearing(company) == D("8.70")
+    undo = surcharge_reversal(1, gone, "2.90")
+    wrong = surcharge_reversal(0, kept, "9.99")
+
+    results = company.source.post([undo, wrong])
+
+    assert results[0].ok and results[0].external_id == gone, results[0]
+    assert not results[1].ok and "is for 2.90" in str(results[1].reason)
+    assert company.box.get("Deposit", gone) is None and company.box.get("Deposit", kept) is not None
+    assert clearing(company) == D("5.80")  # the surcharge is out of clearing again
+    [(_, items)] = company.batches()[-1:]
+    assert [(item["operation"], item["Deposit"]) for item in items] == [("delete", {"Id": gone, "SyncToken": "0"})]
+    requests = company.box.request_count
+    [again] = company.source.post([undo])  # gone already: ok without a request beyond the read
+    assert again.ok and company.box.request_count == requests + 1
+    assert company.source.find_posted([undo, surcharge_reversal(2, lost, "2.90")]) == {undo.key: gone}
+    lost_undo = surcharge_reversal(2, lost, "2.90")
+    company.box.inject("drop_after", times=6, path_contains="/batch")
+    with pytest.raises(RetriableError):
+        company.source.post([lost_undo])
+    assert company.source.find_posted([lost_undo]) == {lost_undo.key: lost}
+    assert clearing(company) == D("2.90")
 
 
 def test_a_lost_answer_leaves_reversals_and_surcharges_to_find_posted(company: Company) -> None:

@@ -271,6 +271,20 @@ def test_sixty_one_payments_take_two_calls_and_land_to_the_cent(env: Env) -> Non
     assert env.sandbox.count(env.tenant, "Payments") == 61
 
 
+def test_a_payment_in_another_currency_sends_xeros_rate_the_other_way_round(env: Env) -> None:
+    inv = env.invoice("100.00", CurrencyCode="EUR", CurrencyRate=Decimal("0.920000"))
+    # 1.0837 USD per EUR, as the processor converted it; Xero states EUR per USD: 1 / 1.0837 = 0.922765
+    [result] = env.source.post([payment("pay:eur", inv, "100.00", currency="EUR", currency_rate=Decimal("1.0837"))])
+    assert result.ok, result
+    made = env.by_reference("Payments")["pay:eur"]
+    assert (Decimal(made["CurrencyRate"]), Decimal(made["Amount"]), Decimal(made["BankAmount"])) == (
+        Decimal("0.922765"),
+        Decimal("100.00"),
+        Decimal("108.37"),  # the USD the processor paid out for it
+    )
+    assert env.due(inv) == Decimal("0.00")
+
+
 def test_fee_and_payout_land_with_their_accounts_and_exact_amounts(env: Env) -> None:
     results = env.source.post([fee("fee:acme:txn_1", "12.34"), payout("payout:acme:po_1", "987.66", "po_1")])
     assert [r.ok for r in results] == [True, True], results
@@ -288,6 +302,187 @@ def test_fee_and_payout_land_with_their_accounts_and_exact_amounts(env: Env) -> 
     assert transfer["BankTransferID"] == results[1].external_id
     assert (transfer["FromBankAccount"]["Code"], transfer["ToBankAccount"]["Code"]) == ("091", "090")
     assert Decimal(transfer["Amount"]) == Decimal("987.66") and wire_day(transfer["Date"]) == TODAY
+
+
+def test_a_payout_debit_is_a_bank_transfer_from_the_bank_back_to_clearing_found_by_its_payout_id(env: Env) -> None:
+    key = "post:acme:acme-xero:payout_debit:po_debit1"
+    debit = Posting(
+        key,
+        PostingKind.PAYOUT_DEBIT.value,
+        {
+            "amount": Decimal("37.45"),
+            "currency": "USD",
+            "date": TODAY,
+            "from_account": "090",
+            "to_account": "091",
+            "reference": "po_debit1",
+        },
+    )
+    [result] = env.source.post([debit])
+    assert result.ok, result
+    transfer = env.by_reference("BankTransfers")["po_debit1"]
+    assert transfer["BankTransferID"] == result.external_id
+    assert (transfer["FromBankAccount"]["Code"], transfer["ToBankAccount"]["Code"]) == ("090", "091")
+    assert Decimal(transfer["Amount"]) == Decimal("37.45") and wire_day(transfer["Date"]) == TODAY
+    assert env.source.find_posted([debit]) == {key: result.external_id}
+
+
+def refund(key: str, customer: str, amount: str, **extra: Any) -> Posting:
+    payload = {
+        "refund_id": key.rsplit(":", 1)[-1],
+        "invoice_external_id": None,
+        "customer_external_id": customer,
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "date": TODAY,
+        "account": "091",
+        "income_account": "200",
+        "refund_item": None,
+        "reference": key,
+        "description": "Refund of a payment",
+        **extra,
+    }
+    return Posting(key, PostingKind.REFUND.value, payload)
+
+
+def test_a_partial_refund_is_a_credit_note_refunded_from_clearing_made_once(env: Env) -> None:
+    inv = env.invoice("100.00")
+    [paid] = env.source.post([payment("pay:1", inv, "100.00")])
+    assert paid.ok
+    first = refund("post:acme:acme-xero:refund:re_1", env.customer, "12.50")
+    no_account = refund("post:acme:acme-xero:refund:re_2", env.customer, "5.00", income_account=None)
+
+    results = env.source.post([first, no_account])
+
+    assert results[0].ok, results[0]
+    note = env.by_reference("CreditNotes")[first.key]
+    assert note["CreditNoteID"] == results[0].external_id
+    assert (note["Type"], note["Status"], Decimal(note["Total"]), Decimal(note["RemainingCredit"])) == (
+        "ACCRECCREDIT",
+        "PAID",
+        Decimal("12.50"),
+        Decimal("0.00"),
+    )
+    assert note["LineItems"][0]["AccountCode"] == "200"
+    refunded = env.by_reference("Payments")[first.key]
+    assert (refunded["PaymentType"], refunded["Account"]["Code"], Decimal(refunded["Amount"])) == (
+        "ARCREDITPAYMENT",
+        "091",
+        Decimal("12.50"),
+    )
+    assert env.sandbox.bank_balance(env.tenant, "091") == Decimal("87.50")  # 100.00 in, 12.50 back out
+    assert env.due(inv) == Decimal("0.00")  # the invoice stays paid
+    assert not results[1].ok and "refund_account" in str(results[1].reason)
+    assert env.source.find_posted([first, no_account]) == {first.key: results[0].external_id}
+    again = env.source.post([first])  # found refunded: nothing is made twice
+    assert again[0].ok and again[0].external_id == results[0].external_id
+    assert env.sandbox.count(env.tenant, "CreditNotes") == 1
+
+
+def test_a_refund_reuses_the_credit_note_an_earlier_attempt_made_and_a_lost_answer_is_found(env: Env) -> None:
+    made = refund("post:acme:acme-xero:refund:re_8", env.customer, "7.25")
+    earlier = env.sandbox.put(  # an earlier attempt made the credit note; its refund never went through
+        env.tenant,
+        "CreditNotes",
+        {
+            "Type": "ACCRECCREDIT",
+            "Contact": {"ContactID": env.customer},
+            "Status": "AUTHORISED",
+            "Date": TODAY.isoformat(),
+            "Reference": made.key,
+            "LineAmountTypes": "NoTax",
+            "LineItems": [
+                {"Description": "Refund", "Quantity": 1, "UnitAmount": Decimal("7.25"), "AccountCode": "200"}
+            ],
+        },
+    )
+    assert env.source.find_posted([made]) == {}  # a credit note with nothing refunded is not posted
+    [done] = env.source.post([made])
+    assert done.ok and done.external_id == earlier["CreditNoteID"], done
+    assert env.sandbox.count(env.tenant, "CreditNotes") == 1
+
+    lost = refund("post:acme:acme-xero:refund:re_9", env.customer, "3.10")
+    env.lose_answers("/Payments")
+    with pytest.raises(RetriableError):
+        env.source.post([lost])
+    found = env.source.find_posted([lost])
+    assert list(found) == [lost.key]
+    assert env.sandbox.count(env.tenant, "CreditNotes") == 2
+    assert env.sandbox.bank_balance(env.tenant, "091") == Decimal("-10.35")  # 7.25 and 3.10 refunded, once each
+
+
+def surcharge_reversal(key: str, transaction: str, amount: str) -> Posting:
+    payload = {
+        "surcharge_external_id": transaction,
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "date": TODAY + timedelta(days=2),
+        "reference": key,
+        "reason": "refunded in full",
+    }
+    return Posting(key, PostingKind.SURCHARGE_REVERSAL.value, payload)
+
+
+def test_a_refunded_surcharge_deletes_its_receive_money_once(env: Env) -> None:
+    made = env.source.post([surcharge(f"surcharge:acme:{n}", env.customer, "1.45") for n in range(2)])
+    kept, gone = (str(r.external_id) for r in made)
+    assert env.sandbox.bank_balance(env.tenant, "091") == Decimal("2.90")
+    undo = surcharge_reversal("undo:1", gone, "1.45")
+    wrong = surcharge_reversal("undo:2", kept, "9.99")
+
+    results = env.source.post([undo, wrong])
+
+    assert results[0].ok and results[0].external_id == gone, results[0]
+    assert not results[1].ok and "is for 1.45" in str(results[1].reason)
+    assert env.row("BankTransactions", gone)["Status"] == "DELETED"
+    assert env.row("BankTransactions", kept)["Status"] == "AUTHORISED"
+    assert env.sandbox.bank_balance(env.tenant, "091") == Decimal("1.45")
+    calls = env.calls(lambda: env.source.post([undo]))  # deleted already: read, nothing sent
+    assert calls == 1
+    assert env.source.find_posted([undo, wrong]) == {undo.key: gone}
+
+
+def test_a_surcharge_in_a_locked_period_is_not_deleted_and_is_parked(env: Env) -> None:
+    [made] = env.source.post([surcharge("surcharge:acme:1", env.customer, "1.45", day=date(2026, 10, 15))])
+    env.sandbox.set_lock_dates(env.tenant, period_lock_date=LOCKED)
+    [refused] = env.source.post([surcharge_reversal("undo:1", str(made.external_id), "1.45")])
+    assert not refused.ok and not refused.retry and PERIOD_LOCKED in str(refused.reason)
+    assert env.row("BankTransactions", str(made.external_id))["Status"] == "AUTHORISED"
+
+
+def overpayment(key: str, customer: str, amount: str) -> Posting:
+    payload = {
+        "customer_external_id": customer,
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "date": TODAY,
+        "account": "091",
+        "reference": key,
+        "processor_key": "paylink:acme:acme-xero:customer-1:2026-11-20:200.00",
+    }
+    return Posting(key, PostingKind.OVERPAYMENT.value, payload)
+
+
+def test_what_a_balance_payment_leaves_is_an_overpayment_into_clearing(env: Env) -> None:
+    posting = overpayment("post:acme:acme-xero:overpayment:pi_3Over", env.customer, "50.00")
+
+    [result] = env.source.post([posting])
+
+    assert result.ok, result
+    made = env.row("Overpayments", str(result.external_id))  # the id is the Overpayment's: what the sync reads
+    assert (made["Type"], Decimal(made["RemainingCredit"]), made["Contact"]["ContactID"]) == (
+        "RECEIVE-OVERPAYMENT",
+        Decimal("50.00"),
+        env.customer,
+    )
+    [spent] = [t for t in env.sandbox.all(env.tenant, "BankTransactions") if t["Reference"] == posting.key]
+    assert (spent["Type"], spent["BankAccount"]["Code"], spent["OverpaymentID"]) == (
+        "RECEIVE-OVERPAYMENT",
+        "091",
+        result.external_id,
+    )
+    assert env.sandbox.bank_balance(env.tenant, "091") == Decimal("50.00")
+    assert env.source.find_posted([posting]) == {posting.key: result.external_id}
 
 
 def test_credit_note_allocations_reduce_exactly_with_one_call_per_credit_note(env: Env) -> None:
@@ -551,7 +746,20 @@ def test_a_lost_answer_raises_then_find_posted_finds_every_key_and_nothing_posts
     assert set(env.source.find_posted(postings)) == {p.key for p in postings}
 
 
-@pytest.mark.parametrize("kind", ["fee", "payout", "credit_note", "overpayment", "surcharge", "reversal"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "fee",
+        "payout",
+        "payout_debit",
+        "credit_note",
+        "overpayment",
+        "surcharge",
+        "reversal",
+        "surcharge_reversal",
+        "unapplied",
+    ],
+)
 def test_lost_answers_of_every_kind_are_found_by_find_posted(env: Env, kind: str) -> None:
     inv = env.invoice("100.00")
     if kind == "reversal":
@@ -566,6 +774,24 @@ def test_lost_answers_of_every_kind_are_found_by_find_posted(env: Env, kind: str
     elif kind == "payout":
         posting, path = payout("payout:acme:po_9", "400.00", "po_9"), "/BankTransfers"
         other = payout("payout:acme:po_10", "400.00", "po_10")
+    elif kind == "unapplied":
+        posting, path = overpayment("overpayment:acme:1", env.customer, "9.00"), "/BankTransactions"
+        other = overpayment("overpayment:acme:2", env.customer, "9.00")
+    elif kind == "surcharge_reversal":
+        first, second = (
+            str(r.external_id)
+            for r in env.source.post([surcharge(f"surcharge:acme:{n}", env.customer, "1.45") for n in (1, 2)])
+        )
+        posting, path = surcharge_reversal("undo:1", first, "1.45"), f"/BankTransactions/{first}"
+        other = surcharge_reversal("undo:2", second, "1.45")
+    elif kind == "payout_debit":
+
+        def debit(po: str) -> Posting:
+            moved = payout(f"payout_debit:acme:{po}", "40.00", po)
+            swapped = {**moved.payload, "from_account": "090", "to_account": "091"}
+            return Posting(moved.key, PostingKind.PAYOUT_DEBIT.value, swapped)
+
+        posting, path, other = debit("po_d1"), "/BankTransfers", debit("po_d2")
     elif kind == "credit_note":
         note = env.credit_note("50.00")
         env.sandbox.allocate(env.tenant, "CreditNotes", note, inv, Decimal("5.00"), on=TODAY)  # not ours

@@ -527,6 +527,51 @@ def test_a_connection_names_its_write_back_accounts(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, BASE), environ=PENV).connection("acme-qbo").writeback is None
 
 
+def test_write_back_names_the_refund_account_and_item_when_partial_refunds_are_booked(tmp_path: Path) -> None:
+    text = BASE + WRITEBACK + 'refund_account = "48"\nrefund_item = "7"\n'
+    writeback = load_config(write(tmp_path, text), environ=PENV).connection("acme-qbo").writeback
+    assert writeback is not None
+    assert (writeback.refund_account, writeback.refund_item) == ("48", "7")
+    default = load_config(write(tmp_path, BASE + WRITEBACK), environ=PENV).connection("acme-qbo").writeback
+    assert default is not None and (default.refund_account, default.refund_item) == (None, None)
+    problem = only_problem(write(tmp_path, BASE + WRITEBACK + 'refund_item = " "\n'), PENV)
+    assert problem.key == "tenants.acme.connections.acme-qbo.writeback.refund_item"
+
+
+def test_the_allocation_order_and_fee_items_are_read_and_checked(tmp_path: Path) -> None:
+    default = load_config(write(tmp_path, BASE + WRITEBACK), environ=PENV).connection("acme-qbo").writeback
+    assert default is not None
+    assert (default.allocation_order, default.late_fee_items, default.collection_fee_items) == (
+        ("collection_fees", "late_fees", "principal"),
+        (),
+        (),
+    )
+    text = (
+        BASE
+        + WRITEBACK
+        + 'allocation_order = ["principal", "collection_fees", "late_fees"]\n'
+        + 'late_fee_items = ["12"]\ncollection_fee_items = ["14", "15"]\n'
+    )
+    writeback = load_config(write(tmp_path, text), environ=PENV).connection("acme-qbo").writeback
+    assert writeback is not None
+    assert (writeback.allocation_order, writeback.late_fee_items, writeback.collection_fee_items) == (
+        ("principal", "collection_fees", "late_fees"),
+        ("12",),
+        ("14", "15"),
+    )
+    key = "tenants.acme.connections.acme-qbo.writeback"
+    for bad, where, words in (
+        ('allocation_order = ["principal", "principal", "late_fees"]', "allocation_order", "more than once"),
+        ('allocation_order = ["principal", "late_fees"]', "allocation_order", "missing: collection_fees"),
+        ('allocation_order = ["interest", "late_fees", "principal"]', "allocation_order", ""),
+        ('late_fee_items = ["12"]\ncollection_fee_items = ["12"]', "collection_fee_items", "also in late_fee_items"),
+        ('late_fee_items = "12"', "late_fee_items", ""),
+    ):
+        problem = only_problem(write(tmp_path, BASE + WRITEBACK + bad + "\n"), PENV)
+        assert problem.key.startswith(f"{key}.{where}"), (bad, problem)
+        assert words in problem.message, (bad, problem.message)
+
+
 def test_a_write_back_section_needs_every_account(tmp_path: Path) -> None:
     problem = only_problem(write(tmp_path, BASE + edit(WRITEBACK, 'fee_account = "54"\n', "")), PENV)
     assert problem.key == "tenants.acme.connections.acme-qbo.writeback.fee_account"
