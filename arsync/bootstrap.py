@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from arsync.clock import real_sleep, utc_now
 from arsync.collecting import Collector
 from arsync.config import Config, QuickBooksConnectionConfig, TenantConfig, XeroConnectionConfig, load_config
+from arsync.dunning import Dunner
 from arsync.reconciling import Reconciler
 from connectors.base import Clock, Entity, PaymentProcessor, Sleeper
 from connectors.http import RateBudget
@@ -150,6 +151,26 @@ class App:
         owner = f"{socket.gethostname()}:{os.getpid()}"
         return Collector(
             self.sessions, chosen, chosen.payments, self.processors[chosen.name], self.clock, owner, self.stop.is_set
+        )
+
+    def dunner(self, tenant: str | None = None) -> Dunner:
+        """The tenant's dunning (the only tenant with a dunning section when none is named)."""
+        duns = [t for t in self.config.tenants if t.dunning is not None]
+        if tenant is not None:
+            chosen = self.config.tenant(tenant)
+            if chosen.dunning is None:
+                raise KeyError(f"tenant {tenant!r} has no [tenants.{tenant}.dunning] section: nothing is dunned")
+        elif len(duns) == 1:
+            chosen = duns[0]
+        elif not duns:
+            raise KeyError("no tenant has a dunning section: configure [tenants.T.dunning]")
+        else:
+            raise KeyError(f"several tenants dun ({', '.join(t.name for t in duns)}): name one with --tenant")
+        assert chosen.dunning is not None
+        pay_url = self.collector(chosen.name).pay_url if chosen.payments is not None else None
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        return Dunner(
+            self.sessions, chosen, chosen.dunning, self.clock, owner, pay_url=pay_url, stop=self.stop.is_set
         )
 
     def reconciler(self, tenant: str | None = None) -> Reconciler:

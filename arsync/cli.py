@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from arsync import cli_collect, cli_reconcile
+from arsync import cli_collect, cli_collections, cli_dunning, cli_reconcile, cli_worklist
 from arsync.bootstrap import App, bootstrap
 from arsync.cli_support import DEFAULT_CONFIG, ConfigOption, console, err, fail, open_app, parse_date
 from arsync.config import ConfigError
@@ -30,6 +30,9 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 cli_collect.register(app)
 cli_reconcile.register(app)
+cli_worklist.register(app)
+cli_dunning.register(app)
+app.add_typer(cli_collections.collections_app, name="collections")
 
 
 @config_app.command("check")
@@ -210,11 +213,12 @@ def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
 
 @app.command()
 def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """The daemon: sync every connection on its interval until SIGTERM."""
+    """The daemon: sync, collect, dun and write back on schedule until SIGTERM; SIGHUP reloads the config."""
+    from arsync.config import load_config
     from arsync.daemon import run_daemon
 
     with open_app(config) as application:
-        raise typer.Exit(run_daemon(application))
+        raise typer.Exit(run_daemon(application, lambda: load_config(config)))
 
 
 @app.command()

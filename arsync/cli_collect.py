@@ -35,8 +35,8 @@ DateOption = Annotated[str | None, typer.Option("--date", help="As of this day (
 FormatOption = Annotated[str, typer.Option("--format", help="table or json.")]
 
 
-customer_app = typer.Typer(no_args_is_help=True, help="Customers: tags that auto-pay rules and dunning select on.")
-invoice_app = typer.Typer(no_args_is_help=True, help="Invoices: disputes and holds that stop collecting.")
+customer_app = typer.Typer(no_args_is_help=True, help="Customers: tags, risk and reasons, opt-outs.")
+invoice_app = typer.Typer(no_args_is_help=True, help="Invoices: disputes, holds, promises, extensions, fee waivers.")
 
 
 def register(app: typer.Typer) -> None:

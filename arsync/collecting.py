@@ -192,6 +192,26 @@ class Collector:
                 raise CollectingError(str(exc)) from None
         return setup_link(self.sessions, self.processor, found, self.links, self.clock)
 
+    def pay_url(self, connection: str, customer: str, invoice: str | None) -> str | None:
+        """A payment link for a reminder: the invoice's, or the customer's open balance (None: nothing owed)."""
+        with self.sessions() as session:
+            try:
+                found = customer_view(session, self.tenant.name, (connection, customer))
+            except EnrolmentError:
+                return None
+        try:
+            link, _, _ = payment_link(
+                self.sessions,
+                self.processor,
+                found,
+                self.links,
+                self.clock,
+                invoice=(connection, invoice) if invoice is not None else None,
+            )
+        except LinkError:
+            return None
+        return link.url
+
     def payment_link(self, invoice: str | None, customer: str | None) -> tuple[HostedLink, Decimal, str]:
         """A hosted page to pay one invoice, or a customer's open balance."""
         if (invoice is None) == (customer is None):

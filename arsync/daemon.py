@@ -3,7 +3,12 @@
 Tenants that take payments also get the processor's events read on their
 interval (with due charge retries and refunds carried out after, then
 write-back where configured), and the day's auto-pay run at ``charge_hour``
-in their own time zone.
+in their own time zone. Tenants with dunning get the day's dunning run at
+``run_hour`` in their time zone, and a send of waiting messages every
+quarter hour (each goes when its send window opens).
+
+SIGHUP reloads the config file: a valid one replaces the running config and
+the schedule; an invalid one is logged with its problems and changes nothing.
 
 SIGTERM and SIGINT set the app's stop event: the running sync finishes the
 page whose transaction is open, commits it and returns; the scheduler then
@@ -25,11 +30,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from arsync.bootstrap import App
+from arsync.config import Config, ConfigError
 from arsync.reconciling import ReconcileRun
 from collect.processor_events import FollowReport
 
 log = logging.getLogger("arsync.daemon")
 T = TypeVar("T")
+SEND_INTERVAL_MINUTES = 15
+"""How often messages waiting for their send window (or a retry) are looked at."""
 
 
 class JsonLines(logging.Formatter):
@@ -185,8 +193,45 @@ def charge_job(app: App, tenant: str) -> None:
     )
 
 
+def dunning_job(app: App, tenant: str) -> None:
+    """The day's dunning: plan, journal, then send what the send window allows now."""
+    if app.stop.is_set():
+        return
+    result = _guarded("dunning run", tenant, lambda: app.dunner(tenant).run())
+    if result is None:
+        return
+    log.info(
+        "dunning run",
+        extra={
+            "fields": {
+                "tenant": tenant,
+                "date": result.plan.today.isoformat(),
+                "examined": result.plan.examined,
+                "planned": dict(result.plan.counts()),
+                "journaled": result.recorded,
+                "outcomes": dict(result.counts()),
+            }
+        },
+    )
+
+
+def send_job(app: App, tenant: str) -> None:
+    """Messages and webhooks decided earlier whose time has come (the send window opened, a retry is due)."""
+    if app.stop.is_set():
+        return
+    settled = _guarded("dunning send", tenant, lambda: app.dunner(tenant).send())
+    if settled:
+        log.info("dunning sent", extra={"fields": {"tenant": tenant, "settled": len(settled)}})
+
+
 def build_scheduler(app: App) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(timezone="UTC")
+    schedule_jobs(scheduler, app)
+    return scheduler
+
+
+def schedule_jobs(scheduler: BackgroundScheduler, app: App) -> None:
+    """Add every job the config calls for (after a reload, the old ones are removed first)."""
     now = app.clock()
     for conn in app.config.connections():
         scheduler.add_job(
@@ -200,6 +245,26 @@ def build_scheduler(app: App) -> BackgroundScheduler:
             next_run_time=now + timedelta(seconds=1),
         )
     for tenant in app.config.tenants:
+        if tenant.dunning is not None:
+            scheduler.add_job(
+                dunning_job,
+                CronTrigger(hour=tenant.dunning.policy.run_hour, timezone=tenant.tzinfo),
+                args=(app, tenant.name),
+                id=f"dunning:{tenant.name}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=6 * 3600,
+            )
+            scheduler.add_job(
+                send_job,
+                "interval",
+                args=(app, tenant.name),
+                minutes=SEND_INTERVAL_MINUTES,
+                id=f"send:{tenant.name}",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=now + timedelta(seconds=3),
+            )
         if tenant.payments is None:
             continue
         scheduler.add_job(
@@ -221,27 +286,66 @@ def build_scheduler(app: App) -> BackgroundScheduler:
             coalesce=True,
             misfire_grace_time=6 * 3600,
         )
-    return scheduler
 
 
-def run_daemon(app: App) -> int:
+def reload_config(app: App, scheduler: BackgroundScheduler, load: Callable[[], Config]) -> bool:
+    """Swap in a new config if it is valid, and reschedule; an invalid one is logged and changes nothing.
+
+    Running jobs finish with the config they started with; the next ones use the new one.
+    """
+    try:
+        config = load()
+    except ConfigError as exc:
+        log.error(
+            "config reload refused; the running config stays",
+            extra={"fields": {"problems": [str(p) for p in exc.problems]}},
+        )
+        return False
+    if config.database.url != app.config.database.url:
+        log.error("config reload refused: the database cannot change while running; restart instead")
+        return False
+    app.config = config
+    app.sources.clear()
+    app.processors.clear()
+    scheduler.remove_all_jobs()
+    schedule_jobs(scheduler, app)
+    log.info("config reloaded", extra={"fields": {"jobs": sorted(job.id for job in scheduler.get_jobs())}})
+    return True
+
+
+def run_daemon(app: App, load: Callable[[], Config] | None = None) -> int:
+    """Run the scheduler until SIGTERM or SIGINT; SIGHUP reloads the config through ``load``."""
     configure_logging(app.config.daemon.log_format)
     stopped = threading.Event()
+    reload = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
         app.stop.set()
         stopped.set()
 
+    def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+        reload.set()
+        stopped.set()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if load is not None:
+        signal.signal(signal.SIGHUP, on_hangup)
     scheduler = build_scheduler(app)
     scheduler.start()
     log.info(
         "started",
         extra={"fields": {"connections": [c.name for c in app.config.connections()]}},
     )
-    stopped.wait()
+    while True:
+        stopped.wait()
+        if not reload.is_set() or app.stop.is_set():
+            break
+        reload.clear()
+        stopped.clear()
+        assert load is not None
+        reload_config(app, scheduler, load)
     grace = app.config.daemon.shutdown_grace_seconds
     closing = threading.Thread(target=scheduler.shutdown, kwargs={"wait": True}, daemon=True)
     closing.start()

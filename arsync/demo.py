@@ -32,11 +32,13 @@ from sqlmodel import col
 
 from arsync.bootstrap import App, bootstrap
 from arsync.cli_collect import print_plan
+from arsync.cli_dunning import print_dunning_plan
 from arsync.collecting import Collector, RunResult
 from arsync.sandboxes import (
     SandboxConnection,
     authorise,
     quickbooks_connection,
+    sandbox_dunning,
     stripe_payments,
     write_sandbox_config,
     xero_connection,
@@ -45,6 +47,7 @@ from arsync.status import render_status
 from collect.aging import BUCKETS, aging_report
 from collect.autopay import CHARGEABLE, PlanItem
 from collect.charging import KIND as CHARGE_KIND
+from collect.mail_sandbox import MailSandbox
 from collect.processor_events import FollowReport
 from connectors.quickbooks import seed as qbo_seed
 from connectors.quickbooks.sandbox import QuickBooksSandbox
@@ -309,6 +312,33 @@ def _autopay(app: App, stripe: StripeSandbox, company: DemoCompany, console: Con
     )
 
 
+def _dunning(app: App, mail: MailSandbox, company: DemoCompany, console: Console) -> bool:
+    """Plan, run, run again: the second run decides and sends nothing new; True when that holds."""
+    dunner = app.dunner(company.connection.tenant)
+    plan = dunner.plan()
+    console.print(
+        f"dunning for {company.connection.tenant_name}, mail to a local SMTP server on port {mail.port}:",
+        highlight=False,
+    )
+    print_dunning_plan(plan, "table", console, limit=8)  # as `arsync dunning plan` prints it
+    first = dunner.run()
+    counts = first.counts()
+    console.print(
+        f"run: {first.recorded} action(s) journaled; messages: {counts['sent']} sent,"
+        f" {counts['waiting']} waiting a day for the gap between two messages to one customer,"
+        f" {counts['failed']} failed; {len(mail.caught)} message(s) in the SMTP server",
+        highlight=False,
+    )
+    caught = len(mail.caught)
+    second = dunner.run()
+    console.print(
+        f"run again: {second.recorded} new action(s), {second.counts()['sent']} sent;"
+        f" the SMTP server holds {len(mail.caught)} message(s)",
+        highlight=False,
+    )
+    return second.recorded == 0 and len(mail.caught) == caught and counts["failed"] == 0
+
+
 def run_demo(workdir: Path, *, customers: int, invoices: int, console: Console) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in workdir.glob("arsync.db*"):
@@ -316,6 +346,7 @@ def run_demo(workdir: Path, *, customers: int, invoices: int, console: Console) 
     today = date.today()
     with ExitStack() as stack:
         stripe = _stripe(stack, workdir)
+        mail = stack.enter_context(MailSandbox())
         companies = [
             _quickbooks(stack, customers, invoices, today),
             _xero(stack, customers, invoices, today),
@@ -324,12 +355,14 @@ def run_demo(workdir: Path, *, customers: int, invoices: int, console: Console) 
         for company in companies:
             console.print(company.seeded, highlight=False)
         payments = {} if stripe is None else {autopay.connection.tenant: stripe_payments(stripe, site=SITE)}
+        dunned = companies[1]
         config = write_sandbox_config(
             workdir,
             [c.connection for c in companies],
             database_url="sqlite:///arsync.db",
             log_format="text",
             payments=payments,
+            dunning={dunned.connection.tenant: sandbox_dunning(dunned.connection.tenant, mail.port)},
         )
         app = bootstrap(config)
         stack.callback(app.engine.dispose)
@@ -358,6 +391,7 @@ def run_demo(workdir: Path, *, customers: int, invoices: int, console: Console) 
             console.print("auto-pay: skipped (localstripe, a dev dependency, is not installed)", highlight=False)
         else:
             ok &= _autopay(app, stripe, autopay, console)
+        ok &= _dunning(app, mail, dunned, console)
         with app.sessions() as session:
             console.print(render_status(session, app.config, app.clock()))
         return 0 if ok else 1

@@ -119,9 +119,10 @@ def write_sandbox_config(
     log_format: str = "json",
     extra: Mapping[str, object] | None = None,
     payments: Mapping[str, SandboxPayments] | None = None,
+    dunning: Mapping[str, str] | None = None,
 ) -> Path:
     """A config and its credentials file; ``extra`` settings apply to every connection, ``payments`` (by
-    tenant) makes those tenants take payments."""
+    tenant) makes those tenants take payments, ``dunning`` (by tenant) is their ``[tenants.T.dunning]`` TOML."""
     unknown = sorted(set(payments or {}) - {c.tenant for c in connections})
     if unknown:
         raise ValueError(f"payments for tenants with no connection: {', '.join(unknown)}")
@@ -152,9 +153,59 @@ def write_sandbox_config(
             lines.append(f"[tenants.{tenant}.connections.{conn.name}]\n{_toml_body(settings)}")
         if payments and tenant in payments:
             lines.append(payments[tenant].toml(tenant))
+        if dunning and tenant in dunning:
+            lines.append(dunning[tenant])
     config = folder / "arsync.toml"
     config.write_text("\n".join(lines))
     return config
+
+
+def sandbox_dunning(tenant: str, smtp_port: int) -> str:
+    """A dunning policy for a demo tenant, its mail going to a local SMTP server on ``smtp_port``.
+
+    The send window is always open (a demo runs at any hour); pacing keeps a day between two
+    messages to one customer and caps the day at 500."""
+    prefix = f"tenants.{tenant}.dunning"
+    return f"""[{prefix}]
+pdf_url = "https://billing.example.com/invoices/{{connection}}/{{invoice}}.pdf"
+[{prefix}.window]
+start = "00:00"
+end = "23:59"
+business_days_only = false
+[{prefix}.pacing]
+daily_cap = 500
+min_gap_hours = 24
+[{prefix}.mail]
+host = "127.0.0.1"
+port = {smtp_port}
+security = "none"
+sender = "Accounts Receivable <ar@example.com>"
+[[{prefix}.policies]]
+name = "standard"
+[[{prefix}.policies.steps]]
+name = "upcoming"
+days = -3
+actions = [{{ kind = "email", template = "reminder_upcoming" }}]
+[[{prefix}.policies.steps]]
+name = "overdue"
+days = 1
+actions = [{{ kind = "email", template = "reminder_overdue" }}]
+[[{prefix}.policies.steps]]
+name = "late-fee"
+days = 15
+actions = [
+  {{ kind = "late_fee", flat = "25", percent = "1.5", maximum = "150" }},
+  {{ kind = "email", template = "late_fee_notice" }},
+]
+[[{prefix}.policies.steps]]
+name = "call"
+days = 30
+actions = [{{ kind = "call", note = "Call the customer's accounts payable" }}]
+[[{prefix}.policies.steps]]
+name = "final"
+days = 60
+actions = [{{ kind = "suspend" }}, {{ kind = "email", template = "final_notice" }}]
+"""
 
 
 def authorise(app: App, name: str) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,9 +14,13 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from arsync.config import Config
+from arsync.config import Config, TenantConfig
+from collect.dunning import suspend_tags
 from sync.models import (
     Connection,
+    CustomerTag,
+    DunningMessage,
+    DunningTask,
     HostedLinkRow,
     JournalEntry,
     Payout,
@@ -236,6 +241,91 @@ def _payments_block(p: PaymentsStatus, now: datetime) -> Table:
     return block
 
 
+@dataclass(frozen=True)
+class DunningStatus:
+    tenant: str
+    paused: bool
+    messages: dict[str, int]
+    """Message entries by journal status: pending (waiting for their window or a retry), done, failed."""
+    sent_today: int
+    failed: list[str]
+    """The latest messages given up on, with why (undeliverable, a template problem)."""
+    open_tasks: int
+    suspended: int
+    fees_waiting: int
+
+
+def dunning_status(session: Session, tenant: TenantConfig, now: datetime, suspend_tags: Iterable[str]) -> DunningStatus:
+    messages = {
+        str(status): int(n)
+        for status, n in session.execute(
+            sa.select(col(JournalEntry.status), sa.func.count())
+            .where(col(JournalEntry.tenant_id) == tenant.name, col(JournalEntry.kind) == "notify")
+            .group_by(col(JournalEntry.status))
+        )
+    }
+    midnight = datetime.combine(now.astimezone(tenant.tzinfo).date(), time(0), tzinfo=tenant.tzinfo)
+    sent_today = session.execute(
+        sa.select(sa.func.count()).where(
+            col(DunningMessage.tenant_id) == tenant.name, col(DunningMessage.sent_at) >= midnight
+        )
+    ).scalar_one()
+    failed = [
+        f"{key}: {error}"
+        for key, error in session.execute(
+            sa.select(col(JournalEntry.key), col(JournalEntry.error))
+            .where(
+                col(JournalEntry.tenant_id) == tenant.name,
+                col(JournalEntry.kind) == "notify",
+                col(JournalEntry.status) == "failed",
+            )
+            .order_by(col(JournalEntry.updated_at).desc())
+            .limit(5)
+        )
+    ]
+    connections = [c.name for c in tenant.connections]
+    open_tasks = session.execute(
+        sa.select(sa.func.count()).where(col(DunningTask.tenant_id) == tenant.name, col(DunningTask.status) == "open")
+    ).scalar_one()
+    suspended = session.execute(
+        sa.select(sa.func.count(sa.distinct(col(CustomerTag.customer_external_id)))).where(
+            col(CustomerTag.connection_id).in_(connections), col(CustomerTag.tag).in_(list(suspend_tags))
+        )
+    ).scalar_one()
+    fees_waiting = session.execute(
+        sa.select(sa.func.count()).where(
+            col(JournalEntry.tenant_id) == tenant.name,
+            col(JournalEntry.kind) == "posting",
+            col(JournalEntry.subject).like("late_fee:%"),
+            col(JournalEntry.status).in_(("pending", "in_flight")),
+        )
+    ).scalar_one()
+    paused = tenant.dunning is not None and tenant.dunning.policy.paused
+    return DunningStatus(
+        tenant.name, paused, messages, int(sent_today), failed, int(open_tasks), int(suspended), int(fees_waiting)
+    )
+
+
+def _dunning_block(d: DunningStatus) -> Table:
+    block = Table(title=f"{d.tenant} dunning", show_header=False, title_justify="left")
+    block.add_column("field", style="bold")
+    block.add_column("value", overflow="fold")
+    if d.paused:
+        block.add_row("state", "[bold yellow]PAUSED[/] (tenants.T.dunning.paused)")
+    waiting = d.messages.get("pending", 0) + d.messages.get("in_flight", 0)
+    block.add_row(
+        "messages",
+        f"{d.sent_today} sent today, {waiting} waiting, {d.messages.get('done', 0)} done, "
+        f"{d.messages.get('failed', 0)} failed",
+    )
+    if d.failed:
+        block.add_row("latest failures", "\n".join(d.failed))
+    block.add_row("open tasks", f"{d.open_tasks} (see `arsync worklist`)")
+    block.add_row("suspended customers", str(d.suspended))
+    block.add_row("late fees waiting for write-back", str(d.fees_waiting))
+    return block
+
+
 def render_status(session: Session, config: Config, now: datetime) -> Group:
     """One block per connection, then one per tenant taking payments: field on the left, value on the right."""
     blocks: list[Table] = []
@@ -273,4 +363,7 @@ def render_status(session: Session, config: Config, now: datetime) -> Group:
         if tenant.payments is not None:
             status = payments_status(session, tenant.name, [c.name for c in tenant.connections], now)
             blocks.append(_payments_block(status, now))
+        if tenant.dunning is not None:
+            tags = suspend_tags(tenant.dunning.policy)
+            blocks.append(_dunning_block(dunning_status(session, tenant, now, tags)))
     return Group(*blocks)
