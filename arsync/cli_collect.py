@@ -15,11 +15,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from arsync.bootstrap import App
-from arsync.cli_support import DEFAULT_CONFIG, ConfigOption, console, err, fail, open_app
+from arsync.cli_support import DEFAULT_CONFIG, ConfigOption, console, err, fail, ledger_scope, open_app
 from arsync.collecting import CollectingError, Collector, RunResult, parse_day
 from collect.autopay import ChargePlan, Selection
-from collect.marks import LedgerRefError, put_hold, release_holds, resolve_customer, resolve_invoice, set_tags
+from collect.marks import put_hold, release_holds, resolve_customer, resolve_invoice, set_tags
 from connectors.base import ConnectorError
 from connectors.values import show_money
 from sync import journal
@@ -48,20 +47,6 @@ def register(app: typer.Typer) -> None:
     app.command("refund")(refund)
 
 
-@contextmanager
-def _ledger(config: Path, tenant: str | None) -> Iterator[tuple[App, list[str]]]:
-    """The app and the connections a customer or invoice is looked up in (the tenant's, or all)."""
-    with open_app(config) as application:
-        try:
-            chosen = [application.config.tenant(tenant)] if tenant else list(application.config.tenants)
-        except KeyError as exc:
-            raise fail(str(exc.args[0])) from None
-        try:
-            yield application, [c.name for t in chosen for c in t.connections]
-        except (LedgerRefError, ValueError) as exc:
-            raise fail(str(exc)) from None
-
-
 @customer_app.command("tag")
 def customer_tag(
     customer: Annotated[str, typer.Option("--customer", help="Ledger customer id ([CONNECTION:]ID).")],
@@ -71,7 +56,7 @@ def customer_tag(
     tenant: TenantOption = None,
 ) -> None:
     """Add or remove a customer's tags, and show them."""
-    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+    with ledger_scope(config, tenant) as (application, connections), application.sessions.begin() as session:
         ref = resolve_customer(session, connections, customer)
         tags = set_tags(session, ref, [t.strip() for t in add or [] if t.strip()], remove or [])
         console.print(f"{ref[0]}:{ref[1]}: {', '.join(tags) or '(no tags)'}", highlight=False, markup=False)
@@ -88,7 +73,7 @@ def invoice_hold(
 ) -> None:
     """Stop charging (and chasing) an invoice until it is released."""
     last_day = _day(until, "--until")
-    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+    with ledger_scope(config, tenant) as (application, connections), application.sessions.begin() as session:
         ref = resolve_invoice(session, connections, invoice)
         put_hold(session, ref, "dispute" if dispute else "hold", reason, last_day, application.clock())
         console.print(f"{ref[0]}:{ref[1]} on {'dispute' if dispute else 'hold'}", highlight=False)
@@ -101,7 +86,7 @@ def invoice_release(
     tenant: TenantOption = None,
 ) -> None:
     """Release an invoice's disputes and holds."""
-    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+    with ledger_scope(config, tenant) as (application, connections), application.sessions.begin() as session:
         ref = resolve_invoice(session, connections, invoice)
         released = release_holds(session, ref, application.clock())
         console.print(f"{ref[0]}:{ref[1]}: {released} hold(s) released", highlight=False)

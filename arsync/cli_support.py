@@ -55,6 +55,23 @@ def open_app(config: Path, *, migrated: bool = True) -> Iterator[App]:
         application.engine.dispose()
 
 
+@contextmanager
+def ledger_scope(config: Path, tenant: str | None) -> Iterator[tuple[App, list[str]]]:
+    """The app and the connections a customer, invoice or task is looked up in (the tenant's, or all).
+
+    A reference that matches nothing, or a value refused (a ``ValueError``), fails with its message.
+    """
+    with open_app(config) as application:
+        try:
+            chosen = [application.config.tenant(tenant)] if tenant else list(application.config.tenants)
+        except KeyError as exc:
+            raise fail(str(exc.args[0])) from None
+        try:
+            yield application, [c.name for t in chosen for c in t.connections]
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+
+
 def parse_date(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
-from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
@@ -24,8 +21,8 @@ from sqlmodel import col
 
 from arsync.bootstrap import App
 from arsync.cli_collect import customer_app, invoice_app
-from arsync.cli_support import DEFAULT_CONFIG, ConfigOption, console, fail, open_app
-from collect.marks import LedgerRefError, resolve_customer, resolve_invoice
+from arsync.cli_support import DEFAULT_CONFIG, ConfigOption, console, fail, ledger_scope
+from collect.marks import resolve_customer, resolve_invoice
 from collect.risk import RiskAssessment, format_amount
 from collect.standing import CustomerRef, InvoiceRef
 from collect.worklist import (
@@ -68,20 +65,6 @@ def register(app: typer.Typer) -> None:
 
 
 # --- shared -----------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _ledger(config: Path, tenant: str | None) -> Iterator[tuple[App, list[str]]]:
-    """The app and the connections a customer, invoice or task is looked up in (the tenant's, or all)."""
-    with open_app(config) as application:
-        try:
-            chosen = [application.config.tenant(tenant)] if tenant else list(application.config.tenants)
-        except KeyError as exc:
-            raise fail(str(exc.args[0])) from None
-        try:
-            yield application, [c.name for t in chosen for c in t.connections]
-        except (LedgerRefError, ValueError) as exc:
-            raise fail(str(exc)) from None
 
 
 def _day(text: str | None, option: str) -> date | None:
@@ -169,7 +152,7 @@ def worklist_command(
         raise fail(f"--limit {limit} must be at least 1")
     day = _day(as_of, "--date")
     items: list[tuple[str, WorkItem]] = []
-    with _ledger(config, tenant) as (application, _), application.sessions() as session:
+    with ledger_scope(config, tenant) as (application, _), application.sessions() as session:
         chosen = [application.config.tenant(tenant)] if tenant else list(application.config.tenants)
         for t in chosen:
             today = day or application.clock().astimezone(t.tzinfo).date()
@@ -249,7 +232,7 @@ def task_done(
         raise fail(f"--amount and --date go with --outcome promise, not {outcome}")
     until = _day(day, "--date")
     money = _money(amount)
-    with _ledger(config, None) as (application, connections), application.sessions.begin() as session:
+    with ledger_scope(config, None) as (application, connections), application.sessions.begin() as session:
         task = session.get(DunningTask, task_id)
         if task is None or task.connection_id not in connections:
             raise fail(f"task {task_id} does not exist")
@@ -292,7 +275,7 @@ def customer_show(
     """A customer's risk level with its reasons, open invoices and holds, tasks, messages and opt-outs."""
     _check_format(output)
     day = _day(as_of, "--date")
-    with _ledger(config, tenant) as (application, connections), application.sessions() as session:
+    with ledger_scope(config, tenant) as (application, connections), application.sessions() as session:
         ref = resolve_customer(session, connections, customer)
         owner = _tenant_of(application, ref[0])[0]
         owned = [c.name for c in application.config.tenant(owner).connections]
@@ -394,7 +377,7 @@ def customer_opt_out(
     tenant: TenantOption = None,
 ) -> None:
     """Stop sending to a customer on a channel (or to one address of it)."""
-    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+    with ledger_scope(config, tenant) as (application, connections), application.sessions.begin() as session:
         ref = resolve_customer(session, connections, customer)
         block = opt_out(session, ref, channel, address, reason, application.clock())
         what = block.address or f"every {channel} address"
@@ -410,7 +393,7 @@ def customer_opt_in(
     tenant: TenantOption = None,
 ) -> None:
     """Undo opt-outs of a channel (of one address only, when given)."""
-    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+    with ledger_scope(config, tenant) as (application, connections), application.sessions.begin() as session:
         ref = resolve_customer(session, connections, customer)
         removed = opt_in(session, ref, channel, address)
         console.print(f"{_customer(ref)}: {removed} {channel} opt-out(s) removed", highlight=False, markup=False)
@@ -435,7 +418,7 @@ def invoice_promise(
     """Record a promise to pay: dunning pauses until the day, then checks it was kept."""
     until = _required_day(day, "--date")
     money = _money(amount)
-    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+    with ledger_scope(config, tenant) as (application, connections), application.sessions.begin() as session:
         ref = resolve_invoice(session, connections, invoice)
         currency = _currency(session, ref)
         if money is not None:
@@ -455,7 +438,7 @@ def invoice_extend(
 ) -> None:
     """Move an invoice's due date later (a term extension); reminders count from the new date."""
     new_due = _required_day(to, "--to")
-    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+    with ledger_scope(config, tenant) as (application, connections), application.sessions.begin() as session:
         ref = resolve_invoice(session, connections, invoice)
         extend(session, ref, new_due, reason, application.clock())
         console.print(f"{ref[0]}:{ref[1]}: due {new_due.isoformat()}", highlight=False)
@@ -469,7 +452,7 @@ def invoice_dispute(
     tenant: TenantOption = None,
 ) -> None:
     """The customer disputes an invoice: nothing is charged or chased until it is resolved."""
-    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+    with ledger_scope(config, tenant) as (application, connections), application.sessions.begin() as session:
         ref = resolve_invoice(session, connections, invoice)
         dispute(session, ref, reason, application.clock())
         console.print(f"{ref[0]}:{ref[1]} disputed", highlight=False)
@@ -482,7 +465,7 @@ def invoice_resolve(
     tenant: TenantOption = None,
 ) -> None:
     """End an invoice's dispute: collecting resumes."""
-    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+    with ledger_scope(config, tenant) as (application, connections), application.sessions.begin() as session:
         ref = resolve_invoice(session, connections, invoice)
         resolved = resolve_dispute(session, ref, application.clock())
         console.print(f"{ref[0]}:{ref[1]}: {resolved} dispute(s) resolved", highlight=False)
@@ -497,7 +480,7 @@ def invoice_waive_fees(
     tenant: TenantOption = None,
 ) -> None:
     """Waive an invoice's late fees (one step's, or all from now on)."""
-    with _ledger(config, tenant) as (application, connections), application.sessions.begin() as session:
+    with ledger_scope(config, tenant) as (application, connections), application.sessions.begin() as session:
         ref = resolve_invoice(session, connections, invoice)
         waiver = waive_late_fees(session, ref, step, reason, application.clock())
         which = f"step {waiver.step}'s late fee" if waiver.step else "every late fee"

@@ -244,6 +244,17 @@ class WritebackConfig:
     collection_fee_items: tuple[str, ...] = ()
     """The ledger's item refs of collection fees: an invoice whose lines are all these is a collection-fee
     invoice."""
+    late_fee_item: str | None = None
+    """QuickBooks: the Item (its Id) a late fee's line is on, whether added to the overdue invoice or on a
+    late-fee invoice of its own (required to book late fees; Xero does not use it). It counts as one of
+    ``late_fee_items``."""
+    late_fee_account: str | None = None
+    """Xero: the revenue account code of a late fee's line (required to book late fees there)."""
+    collections_fee_account: str | None = None
+    """The expense account a collections agency's fee is booked to (a QuickBooks account Id, a Xero code)."""
+    collections_vendor: str | None = None
+    """QuickBooks: the Vendor (its Id) of the collections agency, whose bill the fee is (Xero finds or makes
+    the agency's contact by name)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -622,6 +633,17 @@ class _RawWriteback(_Section):
     allocation_order: list[Literal["collection_fees", "late_fees", "principal"]] | None = None
     late_fee_items: list[_NonBlank] = Field(default_factory=list)
     collection_fee_items: list[_NonBlank] = Field(default_factory=list)
+    late_fee_item: _NonBlank | None = None
+    late_fee_account: _NonBlank | None = None
+    collections_fee_account: _NonBlank | None = None
+    collections_vendor: _NonBlank | None = None
+
+    @field_validator("late_fee_item")
+    @classmethod
+    def _late_fee_item_is_no_collection_fee(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value in (info.data.get("collection_fee_items") or ()):
+            raise ValueError(f"{value} is also in collection_fee_items: the late fee item is a late fee")
+        return value
 
     @field_validator("allocation_order")
     @classmethod
@@ -1592,6 +1614,10 @@ def _writeback(raw: _RawWriteback | None) -> WritebackConfig | None:
         allocation_order=tuple(raw.allocation_order) if raw.allocation_order is not None else ALLOCATION_CLASSES,
         late_fee_items=tuple(raw.late_fee_items),
         collection_fee_items=tuple(raw.collection_fee_items),
+        late_fee_item=raw.late_fee_item,
+        late_fee_account=raw.late_fee_account,
+        collections_fee_account=raw.collections_fee_account,
+        collections_vendor=raw.collections_vendor,
     )
 
 

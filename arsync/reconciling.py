@@ -67,9 +67,15 @@ class Reconciler:
                 c.writeback.refund_item,
                 AllocationOrder(
                     c.writeback.allocation_order,
-                    frozenset(c.writeback.late_fee_items),
+                    # The item late fees are booked on makes an invoice of only such lines a late-fee invoice.
+                    frozenset(c.writeback.late_fee_items)
+                    | ({c.writeback.late_fee_item} if c.writeback.late_fee_item else set()),
                     frozenset(c.writeback.collection_fee_items),
                 ),
+                late_fee_item=c.writeback.late_fee_item,
+                late_fee_account=c.writeback.late_fee_account,
+                collections_fee_account=c.writeback.collections_fee_account,
+                collections_vendor=c.writeback.collections_vendor,
             )
             for c in self.tenant.connections
             if c.writeback is not None
@@ -99,7 +105,7 @@ class Reconciler:
             )
         result = ReconcileRun(echoes, derived)
         clearing = {connection: accounts.clearing for connection, accounts in self.ledgers().items()}
-        executor = PostingExecutor(self.sessions, self.writers, self.clock, self.today, clearing)
+        executor = PostingExecutor(self.sessions, self.writers, self.clock, self.today, clearing, self.ledgers())
         for kind in (KIND, CREDIT_KIND):
             while not self.stop():
                 settled = journal.run_due_batch(

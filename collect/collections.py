@@ -49,7 +49,7 @@ from collect.mail import (
     Templates,
     TransientSendError,
 )
-from collect.standing import BLOCKING_HOLDS, InvoiceRef
+from collect.standing import InvoiceRef, blocking_holds
 from collect.webhooks import WebhookSender
 from connectors import jsonwire
 from connectors.base import Clock
@@ -65,7 +65,6 @@ from sync.models import (
     DunningMessage,
     DunningTask,
     Invoice,
-    InvoiceHold,
     JournalEntry,
     Payment,
     PaymentApplication,
@@ -145,23 +144,6 @@ def _placed(session: Session, connections: Sequence[str]) -> set[InvoiceRef]:
     return {(connection, invoice) for connection, invoice in rows}
 
 
-def _held(session: Session, connections: Sequence[str], today: date) -> dict[InvoiceRef, str]:
-    rows = session.execute(
-        sa.select(
-            col(InvoiceHold.connection_id),
-            col(InvoiceHold.invoice_external_id),
-            col(InvoiceHold.kind),
-            col(InvoiceHold.reason),
-        ).where(
-            col(InvoiceHold.connection_id).in_(connections),
-            col(InvoiceHold.kind).in_(BLOCKING_HOLDS),
-            col(InvoiceHold.released_at).is_(None),
-            sa.or_(col(InvoiceHold.until).is_(None), col(InvoiceHold.until) >= today),
-        )
-    )
-    return {(c, i): f"{kind}: {reason}" for c, i, kind, reason in rows}
-
-
 def eligible(
     session: Session, tenant: str, connections: Sequence[str], settings: CollectionsSettings, today: date
 ) -> list[EligibleInvoice]:
@@ -191,7 +173,7 @@ def eligible(
         .order_by(col(Invoice.due_date), col(Invoice.connection_id), col(Invoice.external_id))
     )
     placed = _placed(session, connections)
-    held = _held(session, connections, today)
+    held = blocking_holds(session, connections, today)
     found = []
     for invoice, name in rows:
         ref = (invoice.connection_id, invoice.external_id)
@@ -443,7 +425,7 @@ def submit(
             f"{settings.eligible_after_days} days past due "
             f"(from {_plus(invoice.due_date, settings.eligible_after_days)})"
         )
-    hold = _held(session, [ref[0]], day).get(ref)
+    hold = blocking_holds(session, [ref[0]], day, ref).get(ref)
     if hold is not None:
         raise CollectionsError(f"invoice {shown} is under a {hold}; release it before handing it over")
     package = _package(session, tenant, invoice, settings, notes, now, day)

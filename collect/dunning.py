@@ -766,7 +766,7 @@ def journal_dunning(
         if action.key.startswith("task:"):
             tasks.append(_task(plan.tenant, action, now))
         else:
-            intents.append(_intent(plan.tenant, action))
+            intents.append(_intent(plan.tenant, action, plan.today))
         if action.kind in ("suspend", "resume"):
             tag = str(dict(action.detail)["tag"])
             plan.tags.append(((action.connection, action.customer), tag, action.kind == "suspend"))
@@ -809,7 +809,7 @@ def _submit(
     return True
 
 
-def _intent(tenant: str, action: DunningAction) -> journal.Intent:
+def _intent(tenant: str, action: DunningAction, today: date) -> journal.Intent:
     payload: dict[str, Any] = {
         "connection": action.connection,
         "customer": action.customer,
@@ -822,6 +822,7 @@ def _intent(tenant: str, action: DunningAction) -> journal.Intent:
     if action.kind == LATE_FEE:
         payload.update(
             posting_kind=LATE_FEE,
+            date=today.isoformat(),
             reference=action.key,
             invoice_external_id=action.invoice,
             customer_external_id=action.customer,

@@ -18,7 +18,7 @@ from collect.standing import BLOCKING_HOLDS, CustomerRef, InvoiceRef
 from sync.models import Customer, CustomerTag, Invoice, InvoiceHold
 
 
-class LedgerRefError(Exception):
+class LedgerRefError(ValueError):
     """A customer or invoice named on the command line that is not (or not only once) in the ledger."""
 
 
