@@ -377,3 +377,33 @@ def test_a_collections_step_with_submit_hands_the_invoice_over_once(
     assert [e.key for e in handed] == [f"collections:{L.TENANT}:{L.CONN}:i1"]
     fees = [e.payload for e in world.entries("posting")]
     assert [(f["posting_kind"], f["amount"]) for f in fees] == [("collections_fee", Decimal("10.00"))]
+
+
+def test_auto_pays_3ds_notice_goes_out_through_the_dunning_sender_with_its_link(
+    sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
+    seed(sessions)
+    world = World(sessions, smtp_server, policy())
+    world.clock.advance(days=(DUE - START).days)
+    notice = journal.Intent(
+        key="notify:paylink:charge:acme:acme-qbo:i1:auto-2026-12-02:1",
+        tenant=L.TENANT,
+        kind="notify",
+        payload={
+            "template": "payment_link",
+            "reason": "requires_action",
+            "connection": L.CONN,
+            "invoice": "i1",
+            "customer": "c1",
+            "url": "https://checkout.example/pay/cs_test_123",
+            "amount": Decimal("1000.00"),
+            "currency": "USD",
+        },
+        subject=f"invoice:{L.CONN}:i1",
+    )
+    with sessions.begin() as s:
+        journal.record(s, notice, world.clock())
+    world.send()
+    world.send()
+    assert len(smtp_server.received) == 1
+    assert "https://checkout.example/pay/cs_test_123" in smtp_server.received[0].part("text/plain")
