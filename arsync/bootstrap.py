@@ -169,9 +169,7 @@ class App:
         assert chosen.dunning is not None
         pay_url = self.collector(chosen.name).pay_url if chosen.payments is not None else None
         owner = f"{socket.gethostname()}:{os.getpid()}"
-        return Dunner(
-            self.sessions, chosen, chosen.dunning, self.clock, owner, pay_url=pay_url, stop=self.stop.is_set
-        )
+        return Dunner(self.sessions, chosen, chosen.dunning, self.clock, owner, pay_url=pay_url, stop=self.stop.is_set)
 
     def reconciler(self, tenant: str | None = None) -> Reconciler:
         """The tenant's write-back (the only tenant with write-back configured when none is named)."""

@@ -275,6 +275,20 @@ class PostingKind(enum.StrEnum):
       smaller than its payment, booked: QuickBooks a RefundReceipt paid from clearing; Xero a credit note
       (ACCRECCREDIT) for the amount and a refund payment on it from clearing. The invoice stays paid.
 
+    * ``late_fee``: ``invoice_external_id`` (the overdue invoice), ``customer_external_id``, ``amount``,
+      ``currency``, ``date``, ``reference``, ``booking`` (``line``: a charge line added to that invoice;
+      ``invoice``: a separate late-fee invoice for the customer), optional ``description``; from the tenant's
+      ``[writeback]``, added when it is posted: ``late_fee_item`` (QuickBooks: the Item of the line) and
+      ``late_fee_account`` (Xero: the revenue account of the line). Dunning journals it (its payload also
+      carries ``policy``, ``step`` and ``why``, which writers ignore). Xero refuses to edit an invoice with a
+      payment applied: a ``line`` booking is then made a separate invoice, and the result's ``booked_as`` says
+      so. The result's id is the invoice the fee is on.
+    * ``collections_fee``: ``invoice_external_id`` (the invoice placed with the agency), ``customer_external_id``,
+      ``amount``, ``currency``, ``date``, ``reference``, ``contact_name`` (the agency), optional ``description``;
+      from ``[writeback]``: ``collections_fee_account`` (the expense account) and ``collections_vendor``
+      (QuickBooks: the agency's Vendor Id; Xero finds or makes the contact by ``contact_name``). The agency's
+      fee, owed to it: QuickBooks a Bill; Xero a bill (an ACCPAY invoice). The collections hand-off journals it.
+
     ``account``-like values are the ledger's own identifiers (a QuickBooks account Id, a Xero account code).
     ``reference`` is the posting's key unless the payload says otherwise: it is how a posting whose outcome
     is unknown is found again, and how its echo is recognised when the sync reads it back.
@@ -290,6 +304,8 @@ class PostingKind(enum.StrEnum):
     REFUND = "refund"
     SURCHARGE_REVERSAL = "surcharge_reversal"
     OVERPAYMENT = "overpayment"
+    LATE_FEE = "late_fee"
+    COLLECTIONS_FEE = "collections_fee"
 
 
 @dataclass(frozen=True)
@@ -320,6 +336,8 @@ class PostingResult:
     retry: bool = False
     """A failure that may pass by itself (a throttle, an outage). False: a person must act (closed period,
     deleted invoice, validation): the posting is parked with ``reason``, never retried in a loop."""
+    booked_as: str | None = None
+    """How the ledger booked it, when not as asked (a late fee's ``line`` booked as a separate ``invoice``)."""
 
 
 class AccountType(enum.StrEnum):

@@ -13,9 +13,12 @@ NEEDS: tuple[tuple[str, str, AccountType], ...] = (
     ("fees", "fee_account", AccountType.EXPENSE),
     ("surcharges", "surcharge_account", AccountType.INCOME),
     ("refunds", "refund_account", AccountType.INCOME),
+    ("late_fee_account", "late_fee_account", AccountType.INCOME),
+    ("collections_fee_account", "collections_fee_account", AccountType.EXPENSE),
 )
-"""(field of :class:`Accounts`, its config key, the type it must have in the ledger). ``refund_item`` is a
-QuickBooks Item, not an account: a RefundReceipt naming one QuickBooks does not have is parked with its fault."""
+"""(field of :class:`Accounts`, its config key, the type it must have in the ledger). ``refund_item`` and
+``late_fee_item`` are QuickBooks Items and ``collections_vendor`` a Vendor, not accounts: a transaction naming
+one QuickBooks does not have is parked with its fault."""
 
 
 def account_problems(connection: str, accounts: Accounts, chart: Sequence[LedgerAccount]) -> list[str]:

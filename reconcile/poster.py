@@ -25,6 +25,7 @@ from sqlmodel import col
 
 from collect.standing import CREDIT_KIND, PROCESSOR_CREDIT
 from connectors.base import Clock, ConnectorError, LedgerWriter, Posting, PostingKind, PostingResult
+from reconcile.postings import Accounts
 from sync.journal import Claimed, Done, GiveUp, Outcome, RetryAt
 from sync.models import Payment
 
@@ -58,6 +59,15 @@ def posting_of(entry: Claimed, source_kind: Callable[[str, str], str | None]) ->
     return Posting(entry.key, kind, p, entry.attempt)
 
 
+def _booked_as(posting: Posting, external_id: str) -> str | None:
+    """How a late fee found in the ledger was booked: ``line`` when it is on its overdue invoice, else ``invoice``
+    (asked, or a line the ledger refused: Xero will not edit an invoice with a payment applied). None: not a late
+    fee."""
+    if posting.kind != PostingKind.LATE_FEE:
+        return None
+    return "line" if external_id == posting.payload.get("invoice_external_id") else "invoice"
+
+
 class PostingExecutor:
     """The journal's batch handler for postings: ``writers`` maps a connection to its ledger writer."""
 
@@ -68,6 +78,7 @@ class PostingExecutor:
         clock: Clock,
         today: Callable[[], date],
         clearing: Mapping[str, str] | None = None,
+        ledgers: Mapping[str, Accounts] | None = None,
     ) -> None:
         self.sessions = sessions
         self.writers = writers
@@ -75,6 +86,8 @@ class PostingExecutor:
         self.today = today
         self.clearing = dict(clearing or {})
         """Per connection, its clearing account (where shares of balance payments are received)."""
+        self.ledgers = dict(ledgers or {})
+        """Per connection, its write-back accounts: late fees and agency fees take theirs from here when posted."""
 
     def __call__(self, claimed: list[Claimed]) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
@@ -107,6 +120,11 @@ class PostingExecutor:
                     " card surcharges need an income account"
                 )
                 continue
+            posting = self._configured(str(entry.payload["connection"]), posting)
+            parked = self._unconfigured(str(entry.payload["connection"]), posting)
+            if parked is not None:
+                outcomes[entry.key] = GiveUp(f"{PARKED}{parked}")
+                continue
             if posting.kind == PostingKind.REFUND and not (
                 posting.payload.get("refund_item") or posting.payload.get("income_account")
             ):
@@ -119,13 +137,56 @@ class PostingExecutor:
         entries = [e for e in entries if e.key not in outcomes]
         unknown = [p for p, e in zip(postings, entries, strict=True) if e.outcome_unknown]
         if unknown:
+            by_key = {p.key: p for p in unknown}
             for key, external_id in writer.find_posted(unknown).items():
-                outcomes[key] = Done(external_id, {"found": True})
+                booking = _booked_as(by_key[key], external_id)
+                found: dict[str, object] = {"found": True} if booking is None else {"found": True, "booked_as": booking}
+                outcomes[key] = Done(external_id, found)
         todo = [p for p in postings if p.key not in outcomes]
         if todo:
             for result in writer.post(todo):
                 outcomes[result.key] = self._outcome(result)
         return outcomes
+
+    def _configured(self, connection: str, posting: Posting) -> Posting:
+        """A late fee or an agency's fee with the connection's write-back accounts for it (those the journaled
+        payload names win): they are read when the fee is posted, so a parked fee released after the config
+        was fixed is booked with the fixed config."""
+        accounts = self.ledgers.get(connection)
+        if accounts is None:
+            return posting
+        if posting.kind == PostingKind.LATE_FEE:
+            extra = {"late_fee_item": accounts.late_fee_item, "late_fee_account": accounts.late_fee_account}
+        elif posting.kind == PostingKind.COLLECTIONS_FEE:
+            extra = {
+                "collections_fee_account": accounts.collections_fee_account,
+                "collections_vendor": accounts.collections_vendor,
+            }
+        else:
+            return posting
+        payload = {**posting.payload}
+        for name, value in extra.items():
+            if not payload.get(name) and value:
+                payload[name] = value
+        return Posting(posting.key, posting.kind, payload, posting.attempt)
+
+    @staticmethod
+    def _unconfigured(connection: str, posting: Posting) -> str | None:
+        """Why a late fee or an agency's fee cannot be booked with this config (None: it can be tried). Each
+        ledger's writer refuses, naming the key, what its own ledger lacks (QuickBooks needs ``late_fee_item``
+        and ``collections_vendor``, Xero ``late_fee_account``)."""
+        p = posting.payload
+        if posting.kind == PostingKind.LATE_FEE and not (p.get("late_fee_item") or p.get("late_fee_account")):
+            return (
+                f"no late_fee_item (QuickBooks) or late_fee_account (Xero) in [writeback] of {connection}:"
+                " a late fee needs one to be booked"
+            )
+        if posting.kind == PostingKind.COLLECTIONS_FEE and not p.get("collections_fee_account"):
+            return (
+                f"no collections_fee_account in [writeback] of {connection}:"
+                " a collections agency's fee needs an expense account to be booked"
+            )
+        return None
 
     def _balance_payment_share(self, entry: Claimed, posting: Posting) -> Posting:
         """A share of a payment made for a customer's whole balance: in the ledger it is a payment of its own,
@@ -149,6 +210,8 @@ class PostingExecutor:
 
     def _outcome(self, result: PostingResult) -> Outcome:
         if result.ok:
+            if result.booked_as:
+                return Done(result.external_id, {"posted": True, "booked_as": result.booked_as})
             return Done(result.external_id, {"posted": True})
         reason = result.reason or "refused"
         if result.retry:

@@ -112,6 +112,14 @@ class Accounts:
     """QuickBooks: the Item of a partial refund's RefundReceipt line."""
     allocation: AllocationOrder = AllocationOrder()
     """The order balance payments are spread over the customer's invoices in."""
+    late_fee_item: str | None = None
+    """QuickBooks: the Item (its Id) of a late fee's line (required to book late fees)."""
+    late_fee_account: str | None = None
+    """Xero: the revenue account code of a late fee's line (required to book late fees)."""
+    collections_fee_account: str | None = None
+    """The expense account of a collections agency's fee (required to book them)."""
+    collections_vendor: str | None = None
+    """QuickBooks: the Vendor (its Id) a collections agency's bill is from (required to book them there)."""
 
 
 def posting_key(tenant: str, connection: str, kind: PostingKind, ident: str) -> str:

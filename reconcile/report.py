@@ -47,6 +47,25 @@ class PayoutRow:
     problems: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class FeeBooked:
+    """A late fee or a collections agency's fee in the books (not part of any payout)."""
+
+    kind: str
+    """``late_fee`` or ``collections_fee``."""
+    key: str
+    connection: str
+    invoice: str
+    """The invoice the fee is for (a late fee's overdue invoice, the invoice placed with the agency)."""
+    day: date | None
+    amount: Decimal
+    currency: str
+    ledger_id: str | None
+    """The ledger's document: the invoice the late fee is on (the overdue one, or its own), the agency's bill."""
+    booked_as: str | None = None
+    """A late fee's booking: ``line`` or ``invoice`` (a line the ledger refused is booked as an invoice)."""
+
+
 @dataclass
 class Report:
     tenant: str
@@ -57,6 +76,8 @@ class Report:
     """Postings journaled and not posted yet."""
     other: list[str] = field(default_factory=list)
     """Differences not tied to one payout (a partial refund arsync does not book)."""
+    fees_booked: list[FeeBooked] = field(default_factory=list)
+    """Late fees and collections agencies' fees posted, dated in the period."""
 
     def totals(self) -> dict[str, dict[str, Decimal]]:
         sums: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
@@ -134,7 +155,47 @@ def build_report(session: Session, tenant: str, since: date | None = None, home_
         + _posted_twice(session, tenant)
         + _waiting_for_rates(session, tenant, home_currency, by_subject)
     )
-    return Report(tenant, rows, parked, waiting, other)
+    return Report(tenant, rows, parked, waiting, other, _fees_booked(session, tenant, since))
+
+
+FEE_KINDS = (PostingKind.LATE_FEE, PostingKind.COLLECTIONS_FEE)
+
+
+def _fees_booked(session: Session, tenant: str, since: date | None) -> list[FeeBooked]:
+    """Late fees (journaled by dunning) and agencies' fees (by the collections hand-off) posted, in date order."""
+    found = []
+    rows = session.execute(
+        sa.select(
+            col(JournalEntry.key), col(JournalEntry.payload), col(JournalEntry.external_id), col(JournalEntry.result)
+        ).where(
+            col(JournalEntry.tenant_id) == tenant,
+            col(JournalEntry.kind) == KIND,
+            col(JournalEntry.status) == "done",
+            sa.or_(*(col(JournalEntry.subject).like(f"{kind.value}:%") for kind in FEE_KINDS)),
+        )
+    )
+    for key, payload, external_id, result in rows:
+        p = jsonwire.loads(payload)
+        day = date.fromisoformat(str(p["date"])) if p.get("date") else None
+        if since is not None and day is not None and day < since:
+            continue
+        booking = p.get("booking")
+        if result:
+            booking = jsonwire.loads(result).get("booked_as") or booking
+        found.append(
+            FeeBooked(
+                str(p.get("posting_kind")),
+                key,
+                str(p.get("connection")),
+                str(p.get("invoice_external_id")),
+                day,
+                Decimal(str(p["amount"])),
+                str(p.get("currency")),
+                external_id,
+                str(booking) if booking else None,
+            )
+        )
+    return sorted(found, key=lambda f: (f.day or date.min, f.key))
 
 
 def _waiting_for_rates(

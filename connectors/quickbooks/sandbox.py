@@ -82,9 +82,13 @@ ENTITIES: tuple[str, ...] = (
     "Transfer",
     "RefundReceipt",
     "Account",
+    "Vendor",
+    "Bill",
 )
 _CANONICAL = {name.lower(): name for name in ENTITIES}
-_TRANSACTIONS = frozenset({"Invoice", "Payment", "CreditMemo", "Purchase", "Deposit", "Transfer", "RefundReceipt"})
+_TRANSACTIONS = frozenset(
+    {"Invoice", "Payment", "CreditMemo", "Purchase", "Deposit", "Transfer", "RefundReceipt", "Bill"}
+)
 _MOVES_ACCOUNTS = ("Payment", "Purchase", "Deposit", "Transfer", "RefundReceipt")
 """Entities whose amounts move account balances (``CurrentBalance``)."""
 _VOIDABLE = frozenset({"Invoice", "Payment"})
@@ -168,6 +172,25 @@ _ALLOWED_PROPS: dict[str, frozenset[str]] = {
     ),
     "Deposit": _TXN_PROPS | _names("DepositToAccountRef CashBack GlobalTaxCalculation TotalAmt HomeTotalAmt DepositEx"),
     "Transfer": _TXN_PROPS | _names("FromAccountRef ToAccountRef Amount ClassRef TransferEx"),
+    "Bill": _TXN_PROPS
+    | _names(
+        """VendorRef APAccountRef TotalAmt BillEmail ReplyEmail Memo GlobalTaxCalculation PayerRef
+        SalesTermRef DueDate RemitToAddr ShipAddr VendorAddr Balance HomeBalance BillEx LessCIS
+        IncludeInAnnualTPAR"""
+    ),
+    "Vendor": _COMMON_PROPS
+    | _names(
+        """IntuitId Organization Title GivenName MiddleName FamilyName Suffix FullyQualifiedName
+        CompanyName DisplayName PrintOnCheckName UserId Active V4IDPseudonym PrimaryPhone AlternatePhone
+        Mobile Fax PrimaryEmailAddr WebAddr OtherContactInfo DefaultTaxCodeRef ContactName AltContactName
+        Notes BillAddr ShipAddr OtherAddr TaxCountry TaxIdentifier TaxIdEffectiveDate BusinessNumber
+        ParentRef VendorTypeRef TermRef PrefillAccountRef Balance BillRate OpenBalanceDate CreditLimit
+        AcctNum Vendor1099 T4AEligible T5018Eligible CurrencyRef TDSEnabled TDSEntityTypeId
+        TDSSectionTypeId TDSOverrideThreshold TaxReportingBasis APAccountRef VendorEx GSTIN
+        GSTRegistrationType IsSubContractor SubcontractorType CISRate HasTPAR VendorPaymentBankDetail
+        Source CostRate AgencyVerificationStatus AgencyVerificationStatusMsg AgencyVerificationTSUTC
+        CompanyRegistrationNumber"""
+    ),
     "Account": _COMMON_PROPS
     | _names(
         """Name SubAccount ParentRef Description FullyQualifiedName AccountAlias TxnLocationType
@@ -2070,6 +2093,10 @@ class QuickBooksSandbox:
             return self._build_transfer(body, old)
         if entity == "RefundReceipt":
             return self._build_refund_receipt(body, old)
+        if entity == "Bill":
+            return self._build_bill(body, old)
+        if entity == "Vendor":
+            return self._build_vendor(body, old)
         return self._build_generic(body, old)
 
     def _check_open(self, entity: str, txn_date: Any) -> None:
@@ -2152,6 +2179,50 @@ class QuickBooksSandbox:
         obj["Line"] = lines
         obj["TotalAmt"] = total
         obj["Balance"] = _ZERO
+        return obj
+
+    def _build_vendor(self, body: JsonObj, old: JsonObj | None) -> JsonObj:
+        """A vendor: a ``DisplayName`` (required), active unless told otherwise, no balance of its own here."""
+        display = str(body.get("DisplayName") or body.get("CompanyName") or "").strip()
+        if not display:
+            raise _required("DisplayName")
+        obj = dict(body)
+        obj["DisplayName"] = display
+        obj.setdefault("PrintOnCheckName", display)
+        obj["Active"] = body.get("Active", True) is not False
+        obj["Balance"] = _money(body.get("Balance", 0), "Balance")
+        obj.setdefault("CurrencyRef", _currency_ref("USD"))
+        return obj
+
+    def _build_bill(self, body: JsonObj, old: JsonObj | None) -> JsonObj:
+        """A bill from a vendor (Finance.xsd: "an AP transaction representing a request-for-payment from a third
+        party for goods/services rendered"): ``VendorRef`` an active vendor, expense lines naming accounts
+        (account-based) the sandbox knows; ``TotalAmt`` their sum, owed in full (``Balance``), due on
+        ``DueDate`` (the transaction date when none is given)."""
+        vendor = _ref_value(body.get("VendorRef"))
+        if not vendor:
+            raise _required("VendorRef")
+        stored = self._tables["Vendor"].rows.get(vendor)
+        if not isinstance(stored, dict):
+            raise _invalid_ref("VendorRef")
+        if stored.get("Active") is False:
+            raise _not_found()
+        self._detail_lines(body, _PURCHASE_LINES, "AccountBasedExpenseLineDetail")
+        for line in body["Line"]:
+            detail = line.get("AccountBasedExpenseLineDetail")
+            account = _ref_value(detail.get("AccountRef")) if isinstance(detail, dict) else None
+            if account is not None and not isinstance(self._tables["Account"].rows.get(account), dict):
+                raise _invalid_ref("Line.AccountBasedExpenseLineDetail.AccountRef")
+        obj = self._build_generic({k: v for k, v in body.items() if k not in ("TotalAmt", "Balance")}, old)
+        if obj["TotalAmt"] <= 0:
+            raise _business("Transaction total must be greater than zero.", "TotalAmt")
+        obj["VendorRef"] = {"value": vendor, "name": stored.get("DisplayName", "")}
+        obj.setdefault("CurrencyRef", _currency_ref("USD"))
+        obj.setdefault("DueDate", obj["TxnDate"])
+        paid = _ZERO
+        if old is not None:
+            paid = _money(old.get("TotalAmt", 0)) - _money(old.get("Balance", 0))
+        obj["Balance"] = obj["TotalAmt"] - paid
         return obj
 
     def _build_transfer(self, body: JsonObj, old: JsonObj | None) -> JsonObj:

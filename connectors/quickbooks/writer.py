@@ -34,6 +34,17 @@ What each :class:`~connectors.base.PostingKind` becomes:
   the account the refund is paid from), one ``SalesItemLineDetail`` line on the configured item
   (``refund_item``: a sales line needs an item, whose income account the refund reduces), ``PrivateNote`` the
   reference. The invoice stays paid; only the money given back is booked.
+* ``late_fee`` booked as ``invoice``: an Invoice for the customer, dated the fee's ``date``, one
+  ``SalesItemLineDetail`` line on the configured item (``late_fee_item``), ``PrivateNote`` the reference.
+* ``late_fee`` booked as ``line``: the overdue invoice read (with its SyncToken; all the fees' invoices in one
+  query per 100), then a sparse update sending its lines back with one more ``SalesItemLineDetail`` line on
+  ``late_fee_item`` (a sparse update replaces the whole ``Line`` list), the reference appended to its
+  ``PrivateNote`` on a line of its own. The invoice's balance rises by the fee. Several fees on one invoice make
+  one update; a fee whose reference the invoice already carries is ``ok`` without a request. A stale
+  SyncToken (5010) is read again and sent once more; a deleted, voided or closed-period invoice is parked with
+  the reason.
+* ``collections_fee``: a Bill from the agency (``VendorRef``: ``collections_vendor``), one account-based
+  expense line on ``collections_fee_account``, ``PrivateNote`` the reference.
 
 Every request carries ``requestid``: a digest of the batch's posting keys and item bodies, so the same batch
 sent again is applied once (Intuit replays the first answer). The I/O is injected (``query`` runs a query
@@ -58,6 +69,9 @@ __all__ = [
     "BATCH_LIMIT",
     "BatchWriter",
     "PayloadError",
+    "bill_body",
+    "late_fee_invoice_body",
+    "late_fee_update",
     "note_references",
     "payment_ref_num",
     "reference_of",
@@ -93,6 +107,8 @@ _ENTITY = {
     PostingKind.REFUND: "RefundReceipt",
     PostingKind.SURCHARGE_REVERSAL: "Deposit",
     PostingKind.OVERPAYMENT: "Payment",
+    PostingKind.LATE_FEE: "Invoice",
+    PostingKind.COLLECTIONS_FEE: "Bill",
 }
 VOID_NOTE = "Voided"
 """What QuickBooks puts in front of a voided transaction's ``PrivateNote`` (``Voided - `` before existing text)."""
@@ -341,6 +357,92 @@ def refund_receipt_body(payload: Mapping[str, Any], reference: str, customer: st
     }
 
 
+LATE_FEE_BOOKINGS = ("line", "invoice")
+
+
+def booking_of(payload: Mapping[str, Any]) -> str:
+    """A late fee's booking: ``line`` (on the overdue invoice) or ``invoice`` (one of its own)."""
+    booking = str(_required(payload, "booking"))
+    if booking not in LATE_FEE_BOOKINGS:
+        raise PayloadError(f"a late fee's booking must be 'line' or 'invoice', not {booking!r}")
+    return booking
+
+
+def late_fee_line(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The late fee's sales line on the configured item."""
+    amount = _amount(payload)
+    item = payload.get("late_fee_item")
+    if not item:
+        raise PayloadError("no late_fee_item in [writeback]: a late fee's line needs a QuickBooks item")
+    return {
+        "Amount": amount,
+        "DetailType": "SalesItemLineDetail",
+        "Description": str(payload.get("description") or "Late fee")[:NOTE_MAX],
+        "SalesItemLineDetail": {"ItemRef": _ref(str(item)), "Qty": Decimal(1), "UnitPrice": amount},
+    }
+
+
+def late_fee_invoice_body(payload: Mapping[str, Any], reference: str, customer: str) -> dict[str, Any]:
+    """A late-fee invoice of its own for the customer: one line on the late fee item."""
+    return {
+        "CustomerRef": _ref(customer),
+        "TxnDate": _day(payload),
+        "CurrencyRef": _ref(_currency(payload)),
+        "PrivateNote": reference,
+        "Line": [late_fee_line(payload)],
+    }
+
+
+def late_fee_update(
+    invoice: Mapping[str, Any], lines: Sequence[Mapping[str, Any]], references: Sequence[str]
+) -> dict[str, Any]:
+    """A sparse update of ``invoice`` (read fresh, with its SyncToken) adding ``lines``: a sparse update replaces
+    the whole ``Line`` list, so every line it has is sent back (the subtotal, which QuickBooks computes, is left
+    out); each reference is appended to its ``PrivateNote`` on a line of its own."""
+    kept = [
+        dict(line)
+        for line in invoice.get("Line") or []
+        if isinstance(line, Mapping) and line.get("DetailType") != "SubTotalLineDetail"
+    ]
+    note = str(invoice.get("PrivateNote") or "")
+    for reference in references:
+        note = f"{note}\n{reference}" if note else reference
+    if len(note) > NOTE_MAX:
+        raise PayloadError(f"invoice {invoice.get('Id')}'s PrivateNote would pass {NOTE_MAX} characters")
+    return {
+        "Id": str(invoice["Id"]),
+        "SyncToken": str(invoice["SyncToken"]),
+        "sparse": True,
+        "PrivateNote": note,
+        "Line": [*kept, *lines],
+    }
+
+
+def bill_body(payload: Mapping[str, Any], reference: str) -> dict[str, Any]:
+    """The collections agency's fee: a Bill from its Vendor, one account-based expense line."""
+    amount = _amount(payload)
+    vendor = payload.get("collections_vendor")
+    if not vendor:
+        raise PayloadError("no collections_vendor in [writeback]: the agency's bill needs its QuickBooks vendor")
+    account = payload.get("collections_fee_account")
+    if not account:
+        raise PayloadError("no collections_fee_account in [writeback]: the agency's fee needs an expense account")
+    return {
+        "VendorRef": _ref(str(vendor)),
+        "TxnDate": _day(payload),
+        "CurrencyRef": _ref(_currency(payload)),
+        "PrivateNote": reference,
+        "Line": [
+            {
+                "Amount": amount,
+                "DetailType": "AccountBasedExpenseLineDetail",
+                "Description": str(payload.get("description") or "Collections agency fee")[:NOTE_MAX],
+                "AccountBasedExpenseLineDetail": {"AccountRef": _ref(str(account))},
+            }
+        ],
+    }
+
+
 def void_body(payment: Mapping[str, Any], references: Sequence[str]) -> dict[str, Any]:
     """The void of ``payment`` (read fresh, with its SyncToken): a sparse body whose ``PrivateNote`` is the
     payment's note with each reference not yet carried appended on a line of its own."""
@@ -442,9 +544,10 @@ class _Item:
     body: dict[str, Any]
     members: list[int]
     source: str | None = None
-    """The payment an application update or a void changes (re-read on 5010)."""
+    """The payment an application update or a void changes, or the invoice a late fee's line is added to
+    (re-read on 5010)."""
     again: str = ""
-    """How the item is rebuilt from a fresh read on 5010: ``application`` or ``reversal``."""
+    """How the item is rebuilt from a fresh read on 5010: ``application``, ``reversal`` or ``late_fee_line``."""
 
     def request(self, bid: str) -> dict[str, Any]:
         return {"bId": bid, "operation": self.operation, self.entity: self.body}
@@ -476,6 +579,11 @@ def _kind(posting: Posting) -> PostingKind:
 
 def _from_payment(posting: Posting) -> bool:
     return posting.kind == PostingKind.CREDIT_APPLICATION.value and posting.payload.get("source") == "payment"
+
+
+def _on_invoice(posting: Posting) -> bool:
+    """A late fee added as a line to its overdue invoice."""
+    return posting.kind == PostingKind.LATE_FEE.value and posting.payload.get("booking") == "line"
 
 
 def _code(ref: Any) -> str:
@@ -532,9 +640,14 @@ class BatchWriter:
         applications: dict[str, list[int]] = {}
         reversals: dict[str, list[int]] = {}
         deletions: dict[str, list[int]] = {}
+        fee_lines: dict[str, list[int]] = {}
         for index, posting in enumerate(postings):
             try:
                 kind = _kind(posting)
+                if kind is PostingKind.LATE_FEE and booking_of(posting.payload) == "line":
+                    late_fee_line(posting.payload)
+                    fee_lines.setdefault(_text(posting.payload, "invoice_external_id"), []).append(index)
+                    continue
                 if _from_payment(posting):
                     _amount(posting.payload)
                     applications.setdefault(_text(posting.payload, "source_id"), []).append(index)
@@ -558,6 +671,8 @@ class BatchWriter:
             items.extend(self._reversals(run, reversals))
         if deletions:
             items.extend(self._deletions(run, deletions))
+        if fee_lines:
+            items.extend(self._fee_lines(run, fee_lines))
         items.sort(key=lambda item: item.members[0])
         self._send(run, items)
         if run.stale:
@@ -566,13 +681,18 @@ class BatchWriter:
                 again.setdefault(item.again, {})[str(item.source)] = list(item.members)
             retried = self._applications(run, again.get("application", {}))
             retried += self._reversals(run, again.get("reversal", {}))
+            retried += self._fee_lines(run, again.get("late_fee_line", {}))
             retried.sort(key=lambda item: item.members[0])
             run.stale = []
             self._send(run, retried)
             for item in run.stale:  # stale twice: somebody keeps changing the payment; try again later
                 for index in item.members:
                     if run.results[index] is None:
-                        run.fail(index, "stale object twice in a row (5010): the payment keeps changing", retry=True)
+                        run.fail(
+                            index,
+                            f"stale object twice in a row (5010): {item.entity.lower()} {item.source} keeps changing",
+                            retry=True,
+                        )
         if run.duplicates:
             found = self.find_posted([postings[i] for i in run.duplicates])
             for index in run.duplicates:
@@ -591,8 +711,15 @@ class BatchWriter:
         wanted = {
             str(p.payload["invoice_external_id"])
             for p in postings
-            if p.kind in (PostingKind.PAYMENT.value, PostingKind.CREDIT_APPLICATION.value, PostingKind.REFUND.value)
+            if p.kind
+            in (
+                PostingKind.PAYMENT.value,
+                PostingKind.CREDIT_APPLICATION.value,
+                PostingKind.REFUND.value,
+                PostingKind.LATE_FEE.value,
+            )
             and not _from_payment(p)
+            and not _on_invoice(p)
             and not p.payload.get("customer_external_id")
             and p.payload.get("invoice_external_id")
         }
@@ -620,6 +747,8 @@ class BatchWriter:
             return _Item("Payment", "create", unapplied_payment_body(payload, reference), [])
         if kind is PostingKind.SURCHARGE:
             return _Item("Deposit", "create", surcharge_body(payload, reference), [])
+        if kind is PostingKind.COLLECTIONS_FEE:
+            return _Item("Bill", "create", bill_body(payload, reference), [])
         invoice = _text(payload, "invoice_external_id")
         customer = payload.get("customer_external_id") or customers.get(invoice)
         if not customer:
@@ -628,6 +757,8 @@ class BatchWriter:
             return _Item("Payment", "create", payment_body(payload, reference, str(customer)), [])
         if kind is PostingKind.REFUND:
             return _Item("RefundReceipt", "create", refund_receipt_body(payload, reference, str(customer)), [])
+        if kind is PostingKind.LATE_FEE:
+            return _Item("Invoice", "create", late_fee_invoice_body(payload, reference, str(customer)), [])
         source = payload.get("source")
         if source != "credit_note":
             raise PayloadError(f"a credit application's source must be 'credit_note' or 'payment', not {source!r}")
@@ -673,6 +804,54 @@ class BatchWriter:
                     run.fail(index, f"cannot post: {exc}")
                 continue
             items.append(_Item("Payment", "update", body, pending, source, "application"))
+        return items
+
+    def _fee_lines(self, run: _Run, by_invoice: Mapping[str, list[int]]) -> list[_Item]:
+        """Sparse updates adding late fee lines, one per invoice, read fresh (with its SyncToken): all the
+        invoices in one query per 100. A fee whose reference the invoice carries already is ``ok`` as it is."""
+        if not by_invoice:
+            return []
+        invoices = self._by_id("Invoice", by_invoice)
+        items: list[_Item] = []
+        for ident, members in by_invoice.items():
+            invoice = invoices.get(ident)
+            if invoice is None:
+                for index in members:
+                    run.fail(
+                        index,
+                        f"not found or deleted: code 610 Object Not Found: invoice {ident} is not in QuickBooks "
+                        "(deleted by a person?): no invoice to add the late fee to",
+                    )
+                continue
+            carried = note_references(invoice.get("PrivateNote"))
+            code = _code(invoice.get("CurrencyRef"))
+            pending: list[int] = []
+            lines: list[dict[str, Any]] = []
+            references: list[str] = []
+            for index in members:
+                posting = run.postings[index]
+                reference = reference_of(posting)
+                if reference in carried:
+                    run.ok(index, ident)  # added before (an answer lost, or a stale retry that had landed)
+                    continue
+                try:
+                    currency = _currency(posting.payload)
+                    if code and currency != code:
+                        raise PayloadError(f"invoice {ident} is in {code}, the late fee in {currency}")
+                    lines.append(late_fee_line(posting.payload))
+                    references.append(reference)
+                    pending.append(index)
+                except PayloadError as exc:
+                    run.fail(index, f"cannot post: {exc}")
+            if not pending:
+                continue
+            try:
+                body = late_fee_update(invoice, lines, references)
+            except PayloadError as exc:
+                for index in pending:
+                    run.fail(index, f"cannot post: {exc}")
+                continue
+            items.append(_Item("Invoice", "update", body, pending, ident, "late_fee_line"))
         return items
 
     def _reversals(self, run: _Run, by_payment: Mapping[str, list[int]]) -> list[_Item]:
@@ -799,17 +978,24 @@ class BatchWriter:
         from a payment is found on that payment (read by Id), whose note carries the reference. A reversal
         is found when its payment (read by Id) is void: the void carries the reversal's reference in its
         note, and a payment a person voided is reversed all the same (``post`` answers ``ok`` for it). A
-        surcharge reversal is found when its Deposit (read by Id) is gone.
+        surcharge reversal is found when its Deposit (read by Id) is gone. A late fee added as a line is found on
+        its invoice (read by Id), whose note carries the reference; a late-fee invoice of its own and an agency's
+        Bill are found by date and note like the others.
         """
         found: dict[str, str] = {}
         by_entity: dict[str, dict[str, dict[str, list[str]]]] = {}
         on_payments: dict[str, dict[str, list[str]]] = {}
         reversed_payments: dict[str, list[str]] = {}
         deleted_deposits: dict[str, list[str]] = {}
+        on_invoices: dict[str, dict[str, list[str]]] = {}
         for posting in postings:
             reference = reference_of(posting)
             try:
                 kind = _kind(posting)
+                if kind is PostingKind.LATE_FEE and booking_of(posting.payload) == "line":
+                    invoice = _text(posting.payload, "invoice_external_id")
+                    on_invoices.setdefault(invoice, {}).setdefault(reference, []).append(posting.key)
+                    continue
                 if kind is PostingKind.SURCHARGE_REVERSAL:
                     deleted_deposits.setdefault(_text(posting.payload, "surcharge_external_id"), []).append(posting.key)
                     continue
@@ -835,6 +1021,12 @@ class BatchWriter:
             if voided(payment):
                 for key in reversed_payments.get(source, []):
                     found.setdefault(key, source)
+        for ident, fee_invoice in (self._by_id("Invoice", on_invoices) if on_invoices else {}).items():
+            carried = note_references(fee_invoice.get("PrivateNote"))
+            for reference, keys in on_invoices.get(ident, {}).items():
+                if reference in carried:
+                    for key in keys:
+                        found.setdefault(key, ident)
         if deleted_deposits:
             still = self._by_id("Deposit", deleted_deposits)
             for ident, keys in deleted_deposits.items():

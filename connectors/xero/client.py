@@ -420,7 +420,8 @@ class XeroSource:
     def post(self, postings: Sequence[Posting]) -> list[PostingResult]:
         """Write payments, fees (SPEND bank transactions), payouts and payout debits (bank transfers: clearing to
         bank, or bank back to clearing when the processor debited the bank), credit applications,
-        payment reversals (payments deleted) and surcharges (RECEIVE bank transactions).
+        payment reversals (payments deleted), surcharges (RECEIVE bank transactions), late fees (a line added to
+        the overdue invoice, or an invoice of their own) and collections agencies' fees (bills).
 
         Items go in batches of at most 50 with ``summarizeErrors=false`` where the endpoint takes it, so
         one refused item does not sink the rest; a batch Xero refuses whole (``PUT /BankTransfers`` has
@@ -441,6 +442,8 @@ class XeroSource:
                 done = self._post_refunds(group)
             elif kind == PostingKind.SURCHARGE_REVERSAL:
                 done = self._post_surcharge_reversals(group)
+            elif kind == PostingKind.LATE_FEE:
+                done = self._post_late_fees(group)
             elif kind in _WRITERS:
                 done = []
                 for start in range(0, len(group), BATCH_SIZE):
@@ -602,11 +605,14 @@ class XeroSource:
                     out[key] = (where, ident) if where else f"Xero has no overpayment or prepayment {ident}"
         return out
 
-    def _where_ids(self, collection: str, ids: Sequence[str]) -> Iterator[Mapping[str, Any]]:
+    def _where_ids(
+        self, collection: str, ids: Sequence[str], unitdp: int | None = None, *, paged: bool = False
+    ) -> Iterator[Mapping[str, Any]]:
+        """Items by id, 25 a call. ``paged``: read with ``page`` (Xero lists an invoice's line items only then)."""
         id_field = "BankTransactionID" if collection == "BankTransactions" else ID_FIELDS[collection]
         for start in range(0, len(ids), LOOKUP_CHUNK):
             where = " || ".join(f'{id_field}==Guid("{i}")' for i in ids[start : start + LOOKUP_CHUNK])
-            yield from self._read_all(collection, where=where)
+            yield from self._read_all(collection, where=where, unitdp=unitdp, paged=paged)
 
     # --- partial refunds (a credit note refunded from clearing) -------------------
 
@@ -701,6 +707,166 @@ class XeroSource:
     def _find_refunds(self, postings: Sequence[Posting]) -> dict[str, str]:
         """A refund is posted once its credit note is refunded in full (nothing left to refund)."""
         return {key: ident for key, (ident, left) in self._find_credit_notes(postings).items() if left == 0}
+
+    # --- late fees (a line on the overdue invoice, or an invoice of their own) -------
+
+    def _post_late_fees(self, postings: Sequence[Posting]) -> list[PostingResult]:
+        """Late fees booked as ``invoice``: ACCREC invoices (AUTHORISED, due on their date, ``Reference`` the
+        posting's reference, one line on ``late_fee_account``) in arrays of 50 with ``summarizeErrors=false``.
+
+        Booked as ``line``: the overdue invoices are read (25 a call); a fee whose tag (:func:`fee_tag`) one of
+        the invoice's lines carries already is ``ok`` without a call; the others are added in one
+        ``POST /Invoices/{InvoiceID}`` per invoice, with every line item it has (by ``LineItemID``) and the new
+        ones. Xero refuses to edit an invoice with a payment or a credit note applied: such a fee (seen on the
+        read, or refused so by Xero) is booked as an invoice of its own instead, and its result says
+        ``booked_as="invoice"`` (its id is then the new invoice's). Any other refusal (a lock date, an invoice
+        voided or deleted) parks the fees with Xero's message.
+        """
+        results: list[PostingResult] = []
+        separate: list[tuple[Posting, dict[str, Any]]] = []
+        moved: set[str] = set()
+        on_invoice: dict[str, list[Posting]] = {}
+        for posting in postings:
+            try:
+                booking = _booking(posting.payload)
+                if booking == "invoice":
+                    separate.append((posting, _late_fee_invoice(posting.payload, posting.key)))
+                else:
+                    _late_fee_line(posting.payload, posting.key)
+                    on_invoice.setdefault(_guid_of(posting.payload, "invoice_external_id", "InvoiceID"), []).append(
+                        posting
+                    )
+            except _PayloadError as exc:
+                results.append(_refused(posting.key, f"payload: {exc}"))
+        invoices = {
+            str(item.get("InvoiceID", "")).lower(): item
+            for item in self._where_ids("Invoices", list(on_invoice), unitdp=4, paged=True)
+        }
+        for ident, group in on_invoice.items():
+            invoice = invoices.get(ident)
+            if invoice is None:
+                results += [
+                    _refused(p.key, f"Xero has no invoice {ident}: no invoice to add the late fee to") for p in group
+                ]
+                continue
+            carried = {str(line.get("Description") or "") for line in _lines_of(invoice)}
+            pending = []
+            for posting in group:
+                tag = fee_tag(_reference(posting))
+                if any(tag in text for text in carried):
+                    results.append(PostingResult(posting.key, True, external_id=str(invoice["InvoiceID"])))
+                else:
+                    pending.append(posting)
+            if not pending:
+                continue
+            refused: list[PostingResult] = []
+            if _has_payments(invoice):
+                refused = [_refused(p.key, INVOICE_HAS_PAYMENTS) for p in pending]
+            else:
+                for result in self._add_lines(invoice, pending):
+                    (results if result.ok else refused).append(result)
+            by_key = {p.key: p for p in pending}
+            for result in refused:
+                if _payments_refusal(result.reason):
+                    contact = _mapping(invoice.get("Contact")).get("ContactID")
+                    posting = by_key[result.key]
+                    try:
+                        separate.append((posting, _late_fee_invoice(posting.payload, posting.key, contact)))
+                        moved.add(posting.key)
+                    except _PayloadError as exc:
+                        results.append(_refused(posting.key, f"payload: {exc}"))
+                else:
+                    results.append(result)
+        for start in range(0, len(separate), BATCH_SIZE):
+            chunk = separate[start : start + BATCH_SIZE]
+
+            def make(bodies: list[dict[str, Any]], key: str) -> Any:
+                return self.api.create_invoices(
+                    self.tenant_id(),
+                    jsonwire.dumps({"Invoices": bodies}),
+                    summarize_errors=False,
+                    idempotency_key=key,
+                    _preload_content=False,
+                )
+
+            for result in self._send(PostingKind.LATE_FEE.value, "Invoices", "InvoiceID", chunk, make, prefix=()):
+                if result.ok and result.key in moved:
+                    result = PostingResult(result.key, True, result.external_id, booked_as="invoice")
+                results.append(result)
+        return results
+
+    def _add_lines(self, invoice: Mapping[str, Any], postings: Sequence[Posting]) -> list[PostingResult]:
+        """One ``POST /Invoices/{InvoiceID}``: its line items as read (Xero keeps a line sent with its
+        ``LineItemID`` and deletes one left out) and one more per late fee."""
+        ident = str(invoice["InvoiceID"])
+        kept = [{k: line[k] for k in _LINE_KEYS if line.get(k) is not None} for line in _lines_of(invoice)]
+        body: dict[str, Any] = {
+            "InvoiceID": ident,
+            "LineItems": [*kept, *(_late_fee_line(p.payload, p.key) for p in postings)],
+        }
+
+        def send(bodies: list[dict[str, Any]], key: str) -> Any:
+            return self.api.update_invoice(
+                self.tenant_id(),
+                ident,
+                jsonwire.dumps({"Invoices": bodies}),
+                unitdp=4,
+                idempotency_key=key,
+                _preload_content=False,
+            )
+
+        first, *others = postings
+        try:
+            [result] = self._send(
+                PostingKind.LATE_FEE.value,
+                "Invoices",
+                "InvoiceID",
+                [(first, body)],
+                send,
+                prefix=[f"Invoices/{ident}", *(p.identity for p in others)],
+                fallback_id=ident,
+            )
+        except FatalError as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+            result = _refused(first.key, f"Xero has no invoice {ident}: no invoice to add the late fee to")
+        return [result, *(PostingResult(p.key, result.ok, result.external_id, result.reason) for p in others)]
+
+    def _find_late_fees(self, postings: Sequence[Posting]) -> dict[str, str]:
+        """A fee added as a line is found by its tag on the invoice's lines; one booked as an invoice of its own
+        (asked, or moved there because the invoice had payments) by its ``Reference``."""
+        found: dict[str, str] = {}
+        on_invoice: dict[str, list[Posting]] = {}
+        for posting in postings:
+            try:
+                if _booking(posting.payload) == "line":
+                    ident = _guid_of(posting.payload, "invoice_external_id", "InvoiceID")
+                    on_invoice.setdefault(ident, []).append(posting)
+            except _PayloadError:
+                continue  # post() refuses such a posting: it was never sent
+        for item in self._where_ids("Invoices", list(on_invoice), paged=True):
+            texts = [str(line.get("Description") or "") for line in _lines_of(item)]
+            for posting in on_invoice.get(str(item.get("InvoiceID", "")).lower(), []):
+                tag = fee_tag(_reference(posting))
+                if any(tag in text for text in texts):
+                    found[posting.key] = str(item["InvoiceID"])
+        rest = [p for p in postings if p.key not in found]
+        if rest:
+            found |= self._find_invoices(rest, "ACCREC", "Reference")
+        return found
+
+    def _find_invoices(self, postings: Sequence[Posting], kind: str, field_name: str) -> dict[str, str]:
+        """Invoices (``ACCREC``) or bills (``ACCPAY``) carrying the postings' references in ``field_name``: read by
+        type and date, matched here; one in any status counts (a person voided it: it was posted once)."""
+        wanted = {_reference(p): p.key for p in postings}
+        days = sorted(_as_date(p.payload.get("date"), self.clock) for p in postings)
+        where = f'Type=="{kind}" && Date>={_datetime(days[0])} && Date<={_datetime(days[-1])}'
+        matches = _Matches()
+        for item in self._read_all("Invoices", where=where, paged=True):
+            key = wanted.get(str(item.get(field_name) or ""))
+            if key:
+                matches.add(key, str(item.get("InvoiceID")), item.get("Status"))
+        return matches.best()
 
     # --- surcharge reversals (RECEIVE bank transactions deleted) -----------------
 
@@ -894,7 +1060,8 @@ class XeroSource:
         invoice, amount and date, each allocation answering for one posting at most. Surcharges are found
         like spend money (``Type=="RECEIVE"``). A reversal is found when its payment (read by id) is
         ``DELETED``: a deleted payment keeps its own reference, and one a person deleted is reversed all the
-        same (``post`` answers ``ok`` for it).
+        same (``post`` answers ``ok`` for it). A late fee is found by its tag on the invoice's lines, or by the
+        ``Reference`` of an invoice of its own; an agency's bill by its ``InvoiceNumber`` (``ACCPAY``).
         """
         found: dict[str, str] = {}
         groups = _by_kind(postings)
@@ -919,6 +1086,10 @@ class XeroSource:
             )
         if groups.get(PostingKind.SURCHARGE_REVERSAL):
             found |= self._find_surcharge_reversals(groups[PostingKind.SURCHARGE_REVERSAL])
+        if groups.get(PostingKind.LATE_FEE):
+            found |= self._find_late_fees(groups[PostingKind.LATE_FEE])
+        if groups.get(PostingKind.COLLECTIONS_FEE):
+            found |= self._find_invoices(groups[PostingKind.COLLECTIONS_FEE], "ACCPAY", "InvoiceNumber")
         return found
 
     def _find_payments(self, postings: Sequence[Posting]) -> dict[str, str]:
@@ -1000,7 +1171,13 @@ class XeroSource:
         return found
 
     def _read_all(
-        self, collection: str, *, where: str, paged: bool = False, include_deleted: str | None = None
+        self,
+        collection: str,
+        *,
+        where: str,
+        paged: bool = False,
+        include_deleted: str | None = None,
+        unitdp: int | None = None,
     ) -> Iterator[Mapping[str, Any]]:
         """Every item of a ``where``-filtered list, page after page when the collection pages."""
         method = getattr(self.api, f"get_{_snake(collection)}")
@@ -1011,6 +1188,8 @@ class XeroSource:
                 kwargs.update(page=page, page_size=self.settings.page_size)
             if include_deleted is not None:
                 kwargs["include_deleted"] = include_deleted
+            if unitdp is not None:
+                kwargs["unitdp"] = unitdp
             body = _read_json(self.connection, collection, method(self.tenant_id(), **kwargs).data)
             items = body.get(collection) if isinstance(body, Mapping) else None
             if not isinstance(items, list):
@@ -1342,6 +1521,112 @@ def _allocation(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
     }
 
 
+INVOICE_HAS_PAYMENTS = "This document cannot be edited as it has a payment or credit note allocated to it."
+"""Xero's refusal of an edit to an invoice's lines once a payment or a credit note is applied to it."""
+_LINE_KEYS = (
+    "LineItemID",
+    "Description",
+    "Quantity",
+    "UnitAmount",
+    "ItemCode",
+    "AccountCode",
+    "TaxType",
+    "TaxAmount",
+    "LineAmount",
+    "DiscountRate",
+)
+"""What of a line item read back is sent again when lines are added to an invoice."""
+
+
+def fee_tag(reference: str) -> str:
+    """The tag a late fee's line carries in its description (``LF-`` and ten hex digits of the reference's
+    SHA-256): a line has no reference of its own in Xero, and the tag, unlike the key, reads well on an
+    invoice the customer sees. It is how the line is found again."""
+    return "LF-" + hashlib.sha256(reference.encode()).hexdigest()[:10].upper()
+
+
+def _booking(payload: Mapping[str, Any]) -> str:
+    booking = str(_required(payload, "booking"))
+    if booking not in ("line", "invoice"):
+        raise _PayloadError(f"a late fee's booking must be 'line' or 'invoice', not {booking!r}")
+    return booking
+
+
+def _late_fee_line(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """The late fee's line: on ``late_fee_account``, its description ending with the fee's tag."""
+    account = payload.get("late_fee_account")
+    if not account:
+        raise _PayloadError("no late_fee_account in [writeback]: a late fee's line needs a revenue account")
+    description = str(payload.get("description") or "Late fee")
+    return {
+        "Description": f"{description} [{fee_tag(str(payload.get('reference') or key))}]",
+        "Quantity": Decimal("1"),
+        "UnitAmount": _money(payload.get("amount")),
+        "AccountCode": str(account),
+        "TaxType": "NONE",
+    }
+
+
+def _late_fee_invoice(payload: Mapping[str, Any], key: str, contact: str | None = None) -> dict[str, Any]:
+    """A late-fee invoice of its own: the customer's (or ``contact``: the overdue invoice's), AUTHORISED, due on
+    its date, ``Reference`` the posting's reference, one line on ``late_fee_account``."""
+    day = _day(payload.get("date"))
+    return {
+        "Type": "ACCREC",
+        "Contact": {"ContactID": contact or _required(payload, "customer_external_id")},
+        "Date": day,
+        "DueDate": day,
+        "Status": "AUTHORISED",
+        "CurrencyCode": str(_required(payload, "currency")).upper(),
+        "Reference": payload.get("reference") or key,
+        "LineAmountTypes": "NoTax",
+        "LineItems": [_late_fee_line(payload, key)],
+    }
+
+
+def _bill(payload: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A collections agency's fee: a bill (ACCPAY) from the agency's contact, found by name (Xero makes the
+    contact when it has none by that name), AUTHORISED, due on its date, one line on the expense account. A
+    bill has no ``Reference`` in Xero (ACCREC only): the posting's reference is its ``InvoiceNumber``, the
+    number the supplier gave the bill."""
+    account = payload.get("collections_fee_account")
+    if not account:
+        raise _PayloadError("no collections_fee_account in [writeback]: the agency's fee needs an expense account")
+    day = _day(payload.get("date"))
+    return {
+        "Type": "ACCPAY",
+        "Contact": {"Name": str(_required(payload, "contact_name"))},
+        "Date": day,
+        "DueDate": day,
+        "Status": "AUTHORISED",
+        "CurrencyCode": str(_required(payload, "currency")).upper(),
+        "InvoiceNumber": payload.get("reference") or key,
+        "LineAmountTypes": "NoTax",
+        "LineItems": [
+            {
+                "Description": payload.get("description") or "Collections agency fee",
+                "Quantity": Decimal("1"),
+                "UnitAmount": _money(payload.get("amount")),
+                "AccountCode": str(account),
+            }
+        ],
+    }
+
+
+def _lines_of(invoice: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [line for line in invoice.get("LineItems") or [] if isinstance(line, Mapping)]
+
+
+def _has_payments(invoice: Mapping[str, Any]) -> bool:
+    """A payment or a credit applied: Xero will not let its lines change."""
+    paid = Decimal(str(invoice.get("AmountPaid") or "0")) + Decimal(str(invoice.get("AmountCredited") or "0"))
+    return paid > 0 or invoice.get("Status") == "PAID"
+
+
+def _payments_refusal(reason: str | None) -> bool:
+    return "payment or credit note allocated" in (reason or "").lower()
+
+
 _WRITERS: Mapping[str, _Writer] = {
     PostingKind.PAYMENT: _Writer("Payments", _payment, "PaymentID", "create_payments", True),
     PostingKind.FEE: _Writer("BankTransactions", _spend, "BankTransactionID", "create_bank_transactions", True),
@@ -1351,6 +1636,7 @@ _WRITERS: Mapping[str, _Writer] = {
     PostingKind.OVERPAYMENT: _Writer(
         "BankTransactions", _overpayment, "OverpaymentID", "create_bank_transactions", True
     ),
+    PostingKind.COLLECTIONS_FEE: _Writer("Invoices", _bill, "InvoiceID", "create_invoices", True),
 }
 _ALLOCATION_CALLS: Mapping[str, str] = {
     "CreditNotes": "create_credit_note_allocation",

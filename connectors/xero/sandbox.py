@@ -14,7 +14,9 @@ error shapes of Xero's OpenAPI spec (``xero_accounting.yaml``,
   ``IDs`` and ``order``; single reads; batch writes of payments, spend money
   and bank transfers with ``summarizeErrors`` and ``Idempotency-Key``;
   credit note / overpayment / prepayment allocations; payment deletion
-  (``POST /Payments/{PaymentID}``: the invoice is owed the amount again);
+  (``POST /Payments/{PaymentID}``: the invoice is owed the amount again); invoices and bills created in
+  arrays (``PUT /Invoices``) and an invoice's line items changed (``POST /Invoices/{InvoiceID}``), refused
+  as Xero refuses it once a payment or a credit is applied, or when it is voided, deleted or locked;
   the organisation's lock dates (``set_lock_dates``), which refuse API writes
   dated on or before them with Xero's validation message (a payment's deletion
   included); bank account balances (``bank_balance``) from what is not deleted;
@@ -65,6 +67,7 @@ __all__ = [
     "DEFAULT_SCOPE",
     "DEFAULT_TENANT",
     "ID_FIELDS",
+    "INVOICE_HAS_PAYMENTS",
     "Exchange",
     "XeroSandbox",
     "XeroValidationError",
@@ -115,7 +118,7 @@ PAGED = frozenset(
     {"Contacts", "Invoices", "Payments", "CreditNotes", "Overpayments", "Prepayments", "BankTransactions"}
 )
 """Collections whose GET takes ``page``/``pageSize`` in the spec (not Accounts, not BankTransfers)."""
-WRITABLE = frozenset({"Payments", "BankTransactions", "BankTransfers", "CreditNotes"})
+WRITABLE = frozenset({"Invoices", "Payments", "BankTransactions", "BankTransfers", "CreditNotes"})
 _ALLOCATABLE = frozenset({"CreditNotes", "Overpayments", "Prepayments"})
 
 DEFAULT_TENANT: tuple[str, str] = ("b1f5b5f2-6c3e-4a8e-9b5a-2f0d7c4e8a11", "Demo Company (US)")
@@ -913,6 +916,8 @@ _LIMIT_FAULTS = {"minute_limit": "minute", "day_limit": "day", "app_limit": "app
 
 # Xero's own validation messages (sources in docs/connectors/xero.md):
 _LOCK_MESSAGE = "The document date cannot be before the {which} lock date, currently set at {day}"
+INVOICE_HAS_PAYMENTS = "This document cannot be edited as it has a payment or credit note allocated to it."
+"""What Xero answers an edit of an invoice's line items once a payment or a credit note is applied to it."""
 """``The document date cannot be before the period lock date, currently set at 30-Nov-2018`` and
 ``... the end of year lock date, currently set at 31-Jul-2013`` (waynerobinson/xeroizer#92)."""
 _OVER_ALLOCATED = "{what} cannot be allocated as amount is greater than amount outstanding"
@@ -3308,6 +3313,8 @@ class XeroSandbox:
             return self._idempotent(tenant, headers, lambda: self._write_collection(tenant, name, method, params, body))
         if method == "POST" and len(segments) == 2 and name == "Payments":
             return self._idempotent(tenant, headers, lambda: self._payment_status(tenant, segments[1], body))
+        if method == "POST" and len(segments) == 2 and name == "Invoices":
+            return self._idempotent(tenant, headers, lambda: self._invoice_update(tenant, segments[1], body))
         if method == "POST" and len(segments) == 2 and name == "BankTransactions":
             return self._idempotent(tenant, headers, lambda: self._bank_transaction_status(tenant, segments[1], body))
         if method in ("PUT", "POST") and len(segments) == 3 and segments[2].lower() == "allocations":
@@ -3380,6 +3387,58 @@ class XeroSandbox:
                     [{"PaymentID": ident, "ValidationErrors": [{"Message": m} for m in exc.messages]}],
                 ) from None
             return self._envelope("Payments", [self._render(tenant, "Payments", core)])
+
+    def _invoice_update(self, tenant: _Tenant, ident: str, body: bytes) -> _Response:
+        """POST /Invoices/{InvoiceID}: the sandbox changes ``LineItems``, ``Reference`` and ``DueDate``. Xero
+        refuses to edit an invoice with a payment or a credit applied, one voided or deleted, and one dated on or
+        before a lock date (a draft excepted), with its validation messages; nothing changes then."""
+        try:
+            payload = loads(body.decode("utf-8")) if body.strip() else None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _post_data_error(f"Invalid JSON in the request body: {exc}") from None
+        items = payload.get("Invoices") if isinstance(payload, dict) else None
+        change = items[0] if isinstance(items, list) and items else payload
+        if not isinstance(change, dict):
+            raise _post_data_error("The request body must be an object with an Invoices array")
+        unsupported = sorted(set(change) - {"InvoiceID", "LineItems", "Reference", "DueDate"})
+        if unsupported:
+            raise _api_exception(
+                10, "ValidationException", f"The sandbox does not change {', '.join(unsupported)} of an invoice"
+            )
+        with self._lock, self._batch(tenant) as journal:
+            stored = tenant.collections["Invoices"].rows.get(_guid(ident))
+            if stored is None:
+                raise _not_found()
+            core = self._core(stored)
+            messages: list[str] = []
+            if core["Status"] in ("VOIDED", "DELETED"):
+                messages.append("Invoice not of valid status for modification")
+            elif "LineItems" in change and (core["AmountPaid"] > 0 or core["AmountCredited"] > 0):
+                messages.append(INVOICE_HAS_PAYMENTS)
+            if core["Status"] != "DRAFT":
+                messages += self._locked(tenant, core["Date"])
+            changes = {k: v for k, v in change.items() if k != "InvoiceID"}
+            try:
+                if messages:
+                    raise XeroValidationError(*messages)
+                changed = self._apply_changes(tenant, "Invoices", core, changes)
+                if changed["AmountDue"] < 0:
+                    raise XeroValidationError("The invoice total cannot be less than the amount paid or credited")
+            except XeroValidationError as exc:
+                self._rollback(tenant, journal)
+                raise _api_exception(
+                    10,
+                    "ValidationException",
+                    "A validation exception occurred",
+                    [
+                        {
+                            **change,
+                            "InvoiceID": core["InvoiceID"],
+                            "ValidationErrors": [{"Message": m} for m in exc.messages],
+                        }
+                    ],
+                ) from None
+            return self._envelope("Invoices", [self._render(tenant, "Invoices", changed)])
 
     def _bank_transaction_status(self, tenant: _Tenant, ident: str, body: bytes) -> _Response:
         """POST /BankTransactions/{id} with ``Status`` DELETED: spend or receive money deleted (the sandbox

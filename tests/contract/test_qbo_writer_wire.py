@@ -385,3 +385,63 @@ def test_a_surcharge_undone_is_a_delete_item_and_unapplied_credit_a_payment_both
     assert problems == []
     assert (unapplied["UnappliedAmt"], unapplied["Line"]) == (D("70.00"), [])
     assert box.get("Deposit", str(made.external_id)) is None
+
+
+def test_late_fees_and_an_agency_bill_are_items_declared_by_the_xsd(box: QuickBooksSandbox, xsd: Xsd) -> None:
+    """A late fee's line is a sparse Invoice update, its invoice of its own an Invoice create, the agency's fee a
+    Bill create: every key sent and every key of the sandbox's answers is declared by Intuit's types."""
+    clock = FakeClock(datetime(2020, 9, 29, 15, 0, tzinfo=UTC))
+    customer = str(box.put("Customer", {"DisplayName": "Amy's Bird Sanctuary"})["Id"])
+    vendor = str(box.put("Vendor", {"DisplayName": "Recovery Partners"})["Id"])
+    expense = str(box.put("Account", {"Name": "Collection Costs", "Classification": "Expense"})["Id"])
+    line = {"Amount": D("100.00"), "DetailType": "SalesItemLineDetail"}
+    invoice = str(box.put("Invoice", {"CustomerRef": {"value": customer}, "Line": [line]})["Id"])
+    common = {"currency": "USD", "date": DAY, "invoice_external_id": invoice, "customer_external_id": customer}
+    fee_line = Posting(
+        "l:1", PostingKind.LATE_FEE.value, {**common, "amount": D("5.00"), "booking": "line", "late_fee_item": "7"}
+    )
+    fee_invoice = Posting(
+        "l:2", PostingKind.LATE_FEE.value, {**common, "amount": D("9.00"), "booking": "invoice", "late_fee_item": "7"}
+    )
+    bill = Posting(
+        "c:1",
+        PostingKind.COLLECTIONS_FEE.value,
+        {
+            **common,
+            "amount": D("1.00"),
+            "contact_name": "Recovery Partners",
+            "collections_fee_account": expense,
+            "collections_vendor": vendor,
+        },
+    )
+
+    results = connect(box, clock).post([fee_line, fee_invoice, bill])
+
+    assert [r.ok for r in results] == [True, True, True], [r.reason for r in results]
+    *_, (_, _, body) = [entry for entry in box.requests_log if "/batch" in entry[1]]
+    items = json.loads(body, parse_float=Decimal)["BatchItemRequest"]
+    assert [(item["operation"], next(k for k in item if k not in ("bId", "operation"))) for item in items] == [
+        ("update", "Invoice"),
+        ("create", "Invoice"),
+        ("create", "Bill"),
+    ]
+    assert {item["operation"] for item in items} <= operations(XSD_DIR)
+    problems: list[str] = []
+    for item in items:
+        [entity] = set(item) - {"bId", "operation"}
+        problems += xsd.undeclared(item[entity], entity, f"{entity}[{item['bId']}]")
+    answers = [
+        ("Invoice", box.get("Invoice", invoice)),
+        ("Invoice", box.get("Invoice", str(results[1].external_id))),
+        ("Bill", box.get("Bill", str(results[2].external_id))),
+        ("Vendor", box.get("Vendor", vendor)),
+    ]
+    for entity, obj in answers:
+        assert obj is not None
+        problems += xsd.undeclared(obj, entity, entity)
+    assert problems == []
+    update = items[0]["Invoice"]
+    assert (update["sparse"], update["SyncToken"], update["PrivateNote"]) == (True, "0", "l:1")
+    # every line sent back, the subtotal left out
+    assert [x["Amount"] for x in update["Line"]] == [D("100.00"), D("5.00")]
+    assert box.get("Invoice", invoice)["Balance"] == D("105.00")  # type: ignore[index]

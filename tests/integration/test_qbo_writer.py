@@ -981,3 +981,206 @@ def test_payment_ref_num_is_a_short_form() -> None:
     assert payment_ref_num("short-ref") == "short-ref"
     long = payment_ref_num("post:acme:q:payment:pi_3NxYzAbCdEfGhIjKlMnOpQr")
     assert len(long) == 21 and long.startswith("AR-")
+
+
+# --- late fees and collections agency fees -------------------------------------------------------------------
+
+
+def late_fee(company: Company, n: int, invoice: str, amount: str, booking: str = "line", **extra: Any) -> Posting:
+    key = f"dunning:acme:acme-qbo:{invoice}:standard:{n}"
+    payload: dict[str, Any] = {
+        "invoice_external_id": invoice,
+        "customer_external_id": company.customer,
+        "amount": D(amount),
+        "currency": "USD",
+        "date": TODAY,
+        "reference": key,
+        "booking": booking,
+        "description": f"Late fee ({n})",
+        "late_fee_item": "7",
+        **extra,
+    }
+    return Posting(key, PostingKind.LATE_FEE.value, payload)
+
+
+def agency_fee(company: Company, n: int, invoice: str, amount: str, vendor: str, expense: str, **extra: Any) -> Posting:
+    key = f"collections:fee:acme:acme-qbo:{invoice}:upfront:{n}"
+    payload: dict[str, Any] = {
+        "invoice_external_id": invoice,
+        "customer_external_id": company.customer,
+        "amount": D(amount),
+        "currency": "USD",
+        "date": TODAY,
+        "reference": key,
+        "description": "Collections upfront fee",
+        "contact_name": "Recovery Partners",
+        "collections_fee_account": expense,
+        "collections_vendor": vendor,
+        **extra,
+    }
+    return Posting(key, PostingKind.COLLECTIONS_FEE.value, payload)
+
+
+def agency(company: Company) -> tuple[str, str]:
+    vendor = str(company.box.put("Vendor", {"DisplayName": "Recovery Partners"})["Id"])
+    expense = company.box.put(
+        "Account", {"Name": "Collection Costs", "Classification": "Expense", "AccountType": "Expense"}
+    )
+    return vendor, str(expense["Id"])
+
+
+def test_a_late_fee_line_raises_the_invoice_by_the_fee_and_two_fees_on_one_invoice_make_one_update(
+    company: Company,
+) -> None:
+    invoice, other = company.invoice("100.00"), company.invoice("40.00")
+    fees = [
+        late_fee(company, 1, invoice, "5.00"),
+        late_fee(company, 2, invoice, "2.50"),
+        late_fee(company, 1, other, "1.20"),
+    ]
+
+    results = company.source.post(fees)
+
+    assert ok_ids(results) == [invoice, invoice, other]
+    [(_, items)] = company.batches()
+    assert [(i["operation"], i["Invoice"]["Id"], i["Invoice"]["sparse"]) for i in items] == [
+        ("update", invoice, True),
+        ("update", other, True),
+    ]
+    assert company.balance("Invoice", invoice) == D("107.50") and company.balance("Invoice", other) == D("41.20")
+    updated = company.box.get("Invoice", invoice)
+    assert updated is not None
+    assert [(line["Amount"], line["SalesItemLineDetail"]["ItemRef"]["value"]) for line in updated["Line"][:3]] == [
+        (D("100.00"), "1"),
+        (D("5.00"), "7"),
+        (D("2.50"), "7"),
+    ]
+    assert updated["PrivateNote"] == f"{fees[0].key}\n{fees[1].key}" and updated["TotalAmt"] == D("107.50")
+    assert company.box.customer_balance(company.customer) == D("148.70")
+
+    again = company.source.post(fees)  # carried already: nothing is sent
+    assert ok_ids(again) == [invoice, invoice, other] and len(company.batches()) == 1
+    assert company.source.find_posted(fees) == {fees[0].key: invoice, fees[1].key: invoice, fees[2].key: other}
+
+
+def test_a_late_fee_invoice_is_an_invoice_of_its_own_on_the_late_fee_item(company: Company) -> None:
+    overdue = company.invoice("100.00")
+    fee = late_fee(company, 1, overdue, "15.00", booking="invoice", customer_external_id=None)
+
+    [ident] = ok_ids(company.source.post([fee]))
+
+    made = company.box.get("Invoice", ident)
+    assert made is not None and ident != overdue
+    assert (made["CustomerRef"]["value"], made["TxnDate"], made["PrivateNote"]) == (
+        company.customer,
+        TODAY.isoformat(),
+        fee.key,
+    )
+    assert [(line["Amount"], line["SalesItemLineDetail"]["ItemRef"]["value"]) for line in made["Line"][:-1]] == [
+        (D("15.00"), "7")
+    ]
+    assert company.balance("Invoice", ident) == D("15.00") and company.balance("Invoice", overdue) == D("100.00")
+    assert company.source.find_posted([fee]) == {fee.key: ident}
+
+
+def test_an_agency_fee_is_a_bill_from_the_vendor_on_the_expense_account(company: Company) -> None:
+    invoice = company.invoice("500.00")
+    vendor, expense = agency(company)
+    fee = agency_fee(company, 1, invoice, "5.00", vendor, expense)
+
+    [ident] = ok_ids(company.source.post([fee]))
+
+    bill = company.box.get("Bill", ident)
+    assert bill is not None
+    assert (bill["VendorRef"]["value"], bill["TotalAmt"], bill["Balance"], bill["PrivateNote"]) == (
+        vendor,
+        D("5.00"),
+        D("5.00"),
+        fee.key,
+    )
+    assert bill["Line"][0]["AccountBasedExpenseLineDetail"]["AccountRef"] == {"value": expense}
+    assert company.balance("Invoice", invoice) == D("500.00")
+    assert company.source.find_posted([fee]) == {fee.key: ident}
+
+
+def test_a_late_fee_or_agency_fee_without_its_config_is_refused_naming_the_key(company: Company) -> None:
+    invoice = company.invoice("100.00")
+    vendor, expense = agency(company)
+    no_item = late_fee(company, 1, invoice, "5.00", late_fee_item=None)
+    no_item_invoice = late_fee(company, 2, invoice, "5.00", booking="invoice", late_fee_item=None)
+    no_vendor = agency_fee(company, 1, invoice, "5.00", vendor, expense, collections_vendor=None)
+
+    results = company.source.post([no_item, no_item_invoice, no_vendor])
+
+    assert [(r.ok, r.retry) for r in results] == [(False, False)] * 3
+    assert "late_fee_item" in str(results[0].reason) and "late_fee_item" in str(results[1].reason)
+    assert "collections_vendor" in str(results[2].reason)
+    assert company.batches() == [] and company.box.count("Bill") == 0
+    assert company.balance("Invoice", invoice) == D("100.00")
+
+
+def test_a_late_fee_line_answered_stale_is_read_again_and_added_once(company: Company) -> None:
+    invoice = company.invoice("100.00")
+    edits: list[str] = []
+
+    def edit_elsewhere(method: str, path: str, body: str) -> None:
+        if "/batch" in path and not edits:  # somebody edits the invoice between our read and our update
+            edits.append(company.box.update("Invoice", invoice, {"CustomerMemo": {"value": "Thanks"}})["SyncToken"])
+
+    company.box.on_request = edit_elsewhere
+    fee = late_fee(company, 1, invoice, "5.00")
+
+    [result] = company.source.post([fee])
+
+    assert result.ok and result.external_id == invoice, result.reason
+    stale, fresh = company.batches()
+    assert stale[1][0]["Invoice"]["SyncToken"] == "0" and fresh[1][0]["Invoice"]["SyncToken"] == edits[0]
+    assert company.balance("Invoice", invoice) == D("105.00")
+    assert company.box.get("Invoice", invoice)["CustomerMemo"] == {"value": "Thanks"}  # type: ignore[index]
+
+
+def test_a_late_fee_on_a_deleted_or_closed_period_invoice_is_parked_with_the_reason(company: Company) -> None:
+    gone, closed, fine = company.invoice("10.00"), company.invoice("20.00"), company.invoice("30.00")
+    company.box.delete("Invoice", gone)
+    company.box.closing_date = date(2026, 11, 5)  # the invoices are dated 2026-11-01
+
+    results = company.source.post(
+        [late_fee(company, 1, gone, "1.00"), late_fee(company, 1, closed, "1.00"), late_fee(company, 1, fine, "1.00")]
+    )
+
+    assert [(r.ok, r.retry) for r in results] == [(False, False), (False, False), (False, False)]
+    assert "Object Not Found" in str(results[0].reason) and f"invoice {gone}" in str(results[0].reason)
+    assert "closed accounting period" in str(results[1].reason)
+    assert "The account period has closed" in str(results[1].reason)
+    company.box.closing_date = None
+    [ok] = company.source.post([late_fee(company, 1, fine, "1.00")])
+    assert ok.ok and company.balance("Invoice", fine) == D("31.00")
+
+
+def test_a_lost_answer_leaves_late_fees_and_agency_fees_to_find_posted_and_nothing_is_sent_twice(
+    company: Company,
+) -> None:
+    first, second = company.invoice("100.00"), company.invoice("200.00")
+    vendor, expense = agency(company)
+    sent = [
+        late_fee(company, 1, first, "5.00"),
+        late_fee(company, 1, second, "9.00", booking="invoice"),
+        agency_fee(company, 1, first, "3.00", vendor, expense),
+    ]
+    never_sent = [
+        late_fee(company, 2, first, "5.00"),
+        late_fee(company, 2, second, "9.00", booking="invoice"),
+        agency_fee(company, 2, first, "3.00", vendor, expense),
+    ]
+    company.box.inject("drop_after", times=6, path_contains="/batch")  # every attempt's answer is lost
+
+    with pytest.raises(RetriableError):
+        company.source.post(sent)
+
+    assert company.balance("Invoice", first) == D("105.00"), "applied once, whatever the transport's retries"
+    found = company.source.find_posted([*sent, *never_sent])
+    assert set(found) == {p.key for p in sent}
+    assert found[sent[0].key] == first and company.box.count("Bill") == 1
+    ok_ids(company.source.post(never_sent))
+    assert company.balance("Invoice", first) == D("110.00")
+    assert (company.box.count("Invoice"), company.box.count("Bill")) == (4, 2)

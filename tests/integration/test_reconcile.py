@@ -894,3 +894,82 @@ def test_a_balance_payment_pays_fees_first_then_principal_by_the_configured_orde
     )
     # what each invoice got: the order decides who is paid
     assert shares == sorted((invoice, Decimal(amount)) for invoice, amount in expected)
+
+
+def test_late_fee_and_agency_fee_accounts_are_checked_and_the_late_fee_item_is_a_late_fee_item(
+    sessions: sessionmaker[Session], tmp_path: Path, clock: FakeClock
+) -> None:
+    chart = [
+        LedgerAccount("35", "Stripe Clearing", AccountType.BANK),
+        LedgerAccount("36", "Checking", AccountType.BANK),
+        LedgerAccount("54", "Merchant Fees", AccountType.EXPENSE),
+        LedgerAccount("58", "Collection Costs", AccountType.EXPENSE),
+        LedgerAccount("60", "Late Fee Income", AccountType.INCOME),
+    ]
+    where = "tenants.*.connections.acme-qbo.writeback"
+    good = Accounts("35", "36", "54", late_fee_account="60", collections_fee_account="58")
+    assert account_problems("acme-qbo", good, chart) == []
+    swapped = Accounts("35", "36", "54", late_fee_account="58", collections_fee_account="60")
+    assert account_problems("acme-qbo", swapped, chart) == [
+        f"{where}.late_fee_account: account '58' (Collection Costs) is expense, write-back needs income",
+        f"{where}.collections_fee_account: account '60' (Late Fee Income) is income, write-back needs expense",
+    ]
+    text = BASE + WRITEBACK + 'late_fee_items = ["12"]\nlate_fee_item = "7"\n'
+    tenant = load_config(write(tmp_path / "fees", text), environ=PENV).tenant("acme")
+    ledgers = reconciler(sessions, tenant, MemoryLedger(), clock).ledgers()
+    assert ledgers[L.CONN].allocation.late_fee_items == frozenset({"12", "7"})
+    assert ledgers[L.CONN].late_fee_item == "7"
+
+
+def _agency_fee(s: Session, invoice: str, amount: str, now: datetime) -> str:
+    key = f"collections:fee:{L.TENANT}:{L.CONN}:{invoice}:upfront"
+    payload = {
+        "connection": L.CONN,
+        "posting_kind": "collections_fee",
+        "reference": key,
+        "invoice_external_id": invoice,
+        "customer_external_id": "c1",
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "description": "Collections upfront fee",
+        "contact_name": "Recovery Partners",
+        "date": "2026-11-25",
+    }
+    journal.record(s, journal.Intent(key, L.TENANT, "posting", payload, f"collections_fee:{L.CONN}:{invoice}"), now)
+    return key
+
+
+def test_an_agency_fee_is_parked_without_its_account_then_posted_with_the_config_once_released(
+    sessions: sessionmaker[Session], tenant: TenantConfig, tmp_path: Path, clock: FakeClock
+) -> None:
+    ledger = MemoryLedger()
+    reconciler(sessions, tenant, ledger, clock).run()
+    with sessions.begin() as s:
+        key = _agency_fee(s, "i1", "1.00", clock())
+    assert reconciler(sessions, tenant, ledger, clock).run().counts() == {"parked": 1}
+    assert reconciler(sessions, tenant, ledger, clock).report().parked == [
+        (
+            key,
+            "parked: no collections_fee_account in [writeback] of acme-qbo:"
+            " a collections agency's fee needs an expense account to be booked",
+        )
+    ]
+    text = BASE + WRITEBACK + 'collections_fee_account = "58"\ncollections_vendor = "61"\n'
+    fixed = load_config(write(tmp_path / "fixed", text), environ=PENV).tenant("acme")
+    assert reconciler(sessions, fixed, ledger, clock).release([key]) == 1
+    assert reconciler(sessions, fixed, ledger, clock).run().counts() == {"posted": 1}
+    posted = ledger.posted[key]
+    assert (posted.kind, posted.payload["collections_fee_account"], posted.payload["collections_vendor"]) == (
+        "collections_fee",
+        "58",
+        "61",
+    )
+    assert posted.payload["amount"] == Decimal("1.00") and posted.payload["date"] == date(2026, 11, 25)
+    [booked] = reconciler(sessions, fixed, ledger, clock).report().fees_booked
+    assert (booked.kind, booked.invoice, booked.amount, booked.ledger_id) == (
+        "collections_fee",
+        "i1",
+        Decimal("1.00"),
+        "L6",
+    )
+    assert reconciler(sessions, fixed, ledger, clock).report(since=date(2026, 11, 26)).fees_booked == []

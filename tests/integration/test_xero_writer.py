@@ -7,6 +7,7 @@ each test ends. Time is a fake clock: the transport's back-off moves it, nothing
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from connectors.base import OAuthTokens, Posting, PostingKind, RetriableError
-from connectors.xero.client import XeroSettings, XeroSource
+from connectors.xero.client import XeroSettings, XeroSource, fee_tag
 from connectors.xero.sandbox import DEFAULT_SCOPE, XeroSandbox, parse_ms_date
 from tests.support import FakeClock
 from tests.xero_spec import validate_exchanges
@@ -822,3 +823,178 @@ def test_lost_answers_of_every_kind_are_found_by_find_posted(env: Env, kind: str
         assert env.sandbox.bank_balance(env.tenant, "091") == Decimal("0.00")
     if kind in ("credit_note", "overpayment"):
         assert env.due(inv) == before[0] - Decimal(str(other.payload["amount"]))
+
+
+# --- late fees and collections agency fees -------------------------------------------------------------------
+
+
+def late_fee(key: str, invoice: str, customer: str, amount: str, booking: str = "line", **extra: Any) -> Posting:
+    payload = {
+        "invoice_external_id": invoice,
+        "customer_external_id": customer,
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "date": TODAY,
+        "reference": key,
+        "booking": booking,
+        "description": "Late fee: 30 days overdue",
+        "late_fee_account": "200",
+        **extra,
+    }
+    return Posting(key, PostingKind.LATE_FEE.value, payload)
+
+
+def agency_fee(key: str, invoice: str, customer: str, amount: str, **extra: Any) -> Posting:
+    payload = {
+        "invoice_external_id": invoice,
+        "customer_external_id": customer,
+        "amount": Decimal(amount),
+        "currency": "USD",
+        "date": TODAY,
+        "reference": key,
+        "description": "Collections upfront fee (1%)",
+        "contact_name": "Recovery Partners",
+        "collections_fee_account": "429",
+        **extra,
+    }
+    return Posting(key, PostingKind.COLLECTIONS_FEE.value, payload)
+
+
+def test_a_late_fee_line_is_added_to_the_invoice_with_its_lines_kept_and_found_by_its_tag(env: Env) -> None:
+    inv = env.invoice("100.00")
+    fees = [
+        late_fee("dunning:acme:1", inv, env.customer, "5.00"),
+        late_fee("dunning:acme:2", inv, env.customer, "2.50"),
+    ]
+
+    results = env.source.post(fees)
+
+    assert [(r.ok, r.external_id, r.booked_as) for r in results] == [(True, inv, None), (True, inv, None)]
+    row = env.row("Invoices", inv)
+    assert [(line["Description"], Decimal(line["LineAmount"])) for line in row["LineItems"]] == [
+        ("Services", Decimal("100.00")),
+        (f"Late fee: 30 days overdue [{fee_tag('dunning:acme:1')}]", Decimal("5.00")),
+        (f"Late fee: 30 days overdue [{fee_tag('dunning:acme:2')}]", Decimal("2.50")),
+    ]
+    assert env.due(inv) == Decimal("107.50") and row["LineItems"][2]["AccountCode"] == "200"
+    assert env.source.find_posted(fees) == {fees[0].key: inv, fees[1].key: inv}
+    assert env.calls(lambda: env.source.post(fees)) == 1, "read once; both carried already: nothing is sent"
+    assert env.due(inv) == Decimal("107.50")
+
+
+def test_a_late_fee_on_an_invoice_with_a_payment_is_booked_as_an_invoice_of_its_own(env: Env) -> None:
+    inv = env.invoice("100.00")
+    [paid] = env.source.post([payment("pay:1", inv, "40.00")])
+    assert paid.ok
+    fee = late_fee("dunning:acme:paid", inv, env.customer, "5.00")
+
+    [result] = env.source.post([fee])
+
+    assert result.ok and result.booked_as == "invoice" and result.external_id != inv
+    made = env.row("Invoices", str(result.external_id))
+    assert (made["Type"], made["Status"], made["Reference"], made["Contact"]["ContactID"]) == (
+        "ACCREC",
+        "AUTHORISED",
+        fee.key,
+        env.customer,
+    )
+    assert env.due(str(result.external_id)) == Decimal("5.00") and env.due(inv) == Decimal("60.00")
+    assert env.source.find_posted([fee]) == {fee.key: result.external_id}
+    [again] = env.source.post([late_fee("dunning:acme:other", inv, env.customer, "1.00", booking="invoice")])
+    assert again.ok and again.booked_as is None
+
+
+def test_xeros_refusal_to_edit_a_paid_invoice_moves_the_late_fee_to_an_invoice_of_its_own(env: Env) -> None:
+    inv = env.invoice("100.00")
+    paid: list[str] = []
+
+    def pay_between_read_and_write(method: str, path: str, body: str) -> None:
+        if method == "POST" and f"/Invoices/{inv}" in path and not paid:  # a payment lands after our read
+            made = env.sandbox.put(
+                env.tenant,
+                "Payments",
+                {"Invoice": {"InvoiceID": inv}, "Account": {"Code": "090"}, "Date": "2026-11-19", "Amount": 30},
+            )
+            paid.append(str(made["PaymentID"]))
+
+    env.sandbox.on_request = pay_between_read_and_write
+    fee = late_fee("dunning:acme:race", inv, env.customer, "5.00")
+
+    [result] = env.source.post([fee])
+
+    assert paid and result.ok and result.booked_as == "invoice", result.reason
+    refused = [
+        json.loads(text) for method, path, text in env.sandbox.requests_log if method == "POST" and "/Invoices/" in path
+    ]
+    assert len(refused) == 1 and len(refused[0]["Invoices"][0]["LineItems"]) == 2
+    assert env.due(inv) == Decimal("70.00") and env.due(str(result.external_id)) == Decimal("5.00")
+    assert len(env.row("Invoices", inv)["LineItems"]) == 1
+
+
+def test_a_late_fee_in_a_locked_period_or_without_its_account_is_parked_with_the_reason(env: Env) -> None:
+    inv, gone = env.invoice("100.00"), env.invoice("10.00")
+    env.sandbox.update(env.tenant, "Invoices", gone, {"Status": "DELETED"})
+    env.sandbox.set_lock_dates(env.tenant, period_lock_date=LOCKED)  # the invoices are dated 2026-10-01
+
+    results = env.source.post(
+        [
+            late_fee("dunning:acme:locked", inv, env.customer, "5.00"),
+            late_fee("dunning:acme:noacct", inv, env.customer, "5.00", booking="invoice", late_fee_account=None),
+            late_fee("dunning:acme:gone", gone, env.customer, "1.00"),
+        ]
+    )
+
+    assert [(r.ok, r.retry) for r in results] == [(False, False)] * 3
+    assert results[0].reason == PERIOD_LOCKED
+    assert "late_fee_account" in str(results[1].reason)
+    assert "not of valid status" in str(results[2].reason)
+    assert env.due(inv) == Decimal("100.00")
+
+
+def test_an_agency_fee_is_a_bill_to_the_agency_contact_found_or_made_by_name(env: Env) -> None:
+    inv = env.invoice("500.00")
+    fees = [
+        agency_fee("collections:fee:1", inv, env.customer, "5.00"),
+        agency_fee("collections:fee:2", inv, env.customer, "95.00"),
+    ]
+
+    results = env.source.post(fees)
+
+    assert all(r.ok for r in results), [r.reason for r in results]
+    bills = [env.row("Invoices", str(r.external_id)) for r in results]
+    assert [(b["Type"], b["Status"], b["InvoiceNumber"], Decimal(b["Total"])) for b in bills] == [
+        ("ACCPAY", "AUTHORISED", "collections:fee:1", Decimal("5.00")),
+        ("ACCPAY", "AUTHORISED", "collections:fee:2", Decimal("95.00")),
+    ]
+    agencies = [c for c in env.sandbox.all(env.tenant, "Contacts") if c["Name"] == "Recovery Partners"]
+    assert len(agencies) == 1 and {b["Contact"]["ContactID"] for b in bills} == {agencies[0]["ContactID"]}
+    assert bills[0]["LineItems"][0]["AccountCode"] == "429" and env.due(inv) == Decimal("500.00")
+    assert env.source.find_posted(fees) == {r.key: r.external_id for r in results}
+    [refused] = env.source.post(
+        [agency_fee("collections:fee:3", inv, env.customer, "1.00", collections_fee_account=None)]
+    )
+    assert not refused.ok and "collections_fee_account" in str(refused.reason)
+
+
+@pytest.mark.parametrize("kind", ["line", "invoice", "collections_fee"])
+def test_lost_answers_of_late_fees_and_agency_fees_are_found_and_not_sent_twice(env: Env, kind: str) -> None:
+    inv = env.invoice("100.00")
+    if kind == "collections_fee":
+        posting, other = (agency_fee(f"collections:fee:{n}", inv, env.customer, "5.00") for n in (1, 2))
+        path = "/Invoices"
+    else:
+        posting, other = (late_fee(f"dunning:acme:{n}", inv, env.customer, "5.00", booking=kind) for n in (1, 2))
+        path = f"/Invoices/{inv}" if kind == "line" else "/Invoices"
+    env.lose_answers(path)
+    with pytest.raises(RetriableError):
+        env.source.post([posting])
+    count = env.sandbox.count(env.tenant, "Invoices")
+    found = env.source.find_posted([posting, other])
+    assert list(found) == [posting.key], "found once; the one never sent is not found"
+    assert (found[posting.key] == inv) is (kind == "line")
+    [result] = env.source.post([other])
+    assert result.ok
+    assert env.source.find_posted([posting, other]).keys() == {posting.key, other.key}
+    assert env.sandbox.count(env.tenant, "Invoices") == count + (0 if kind == "line" else 1)
+    if kind == "line":
+        assert env.due(inv) == Decimal("110.00")

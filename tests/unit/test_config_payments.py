@@ -572,6 +572,41 @@ def test_the_allocation_order_and_fee_items_are_read_and_checked(tmp_path: Path)
         assert words in problem.message, (bad, problem.message)
 
 
+def test_write_back_names_where_late_fees_and_agency_fees_are_booked(tmp_path: Path) -> None:
+    text = (
+        BASE
+        + WRITEBACK
+        + 'late_fee_item = "7"\nlate_fee_account = "260"\n'
+        + 'collections_fee_account = "58"\ncollections_vendor = "61"\n'
+    )
+    writeback = load_config(write(tmp_path, text), environ=PENV).connection("acme-qbo").writeback
+    assert writeback is not None
+    assert (
+        writeback.late_fee_item,
+        writeback.late_fee_account,
+        writeback.collections_fee_account,
+        writeback.collections_vendor,
+    ) == ("7", "260", "58", "61")
+    default = load_config(write(tmp_path, BASE + WRITEBACK), environ=PENV).connection("acme-qbo").writeback
+    assert default is not None
+    assert (
+        default.late_fee_item,
+        default.late_fee_account,
+        default.collections_fee_account,
+        default.collections_vendor,
+    ) == (None, None, None, None)
+    key = "tenants.acme.connections.acme-qbo.writeback"
+    for bad, where, words in (
+        ('late_fee_item = " "', "late_fee_item", ""),
+        ('collections_vendor = ""', "collections_vendor", ""),
+        ("collections_fee_account = 58", "collections_fee_account", ""),
+        ('collection_fee_items = ["7"]\nlate_fee_item = "7"', "late_fee_item", "also in collection_fee_items"),
+    ):
+        problem = only_problem(write(tmp_path, BASE + WRITEBACK + bad + "\n"), PENV)
+        assert problem.key == f"{key}.{where}", (bad, problem)
+        assert words in problem.message, (bad, problem.message)
+
+
 def test_a_write_back_section_needs_every_account(tmp_path: Path) -> None:
     problem = only_problem(write(tmp_path, BASE + edit(WRITEBACK, 'fee_account = "54"\n', "")), PENV)
     assert problem.key == "tenants.acme.connections.acme-qbo.writeback.fee_account"
