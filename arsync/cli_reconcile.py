@@ -139,6 +139,14 @@ def _table(report: Report) -> None:
         console.print(f"parked {key}: {reason}", highlight=False, markup=False)
     for line in report.other:
         console.print(line, highlight=False, markup=False)
+    for fee in report.fees_booked:
+        booked = f" as {fee.booked_as}" if fee.booked_as else ""
+        console.print(
+            f"{fee.kind.replace('_', ' ')} {fee.amount} {fee.currency} on invoice {fee.connection}:{fee.invoice}"
+            f"{booked} ({fee.day.isoformat() if fee.day else 'undated'}): {fee.ledger_id or '-'}",
+            highlight=False,
+            markup=False,
+        )
     console.print(f"{report.waiting} posting(s) waiting; {report.problems()} problem(s)", highlight=False)
 
 
@@ -166,6 +174,20 @@ def _json(report: Report) -> None:
         "totals": {c: {k: str(v) for k, v in t.items()} for c, t in report.totals().items()},
         "parked": [{"key": k, "reason": v} for k, v in report.parked],
         "other": report.other,
+        "fees_booked": [
+            {
+                "kind": f.kind,
+                "key": f.key,
+                "connection": f.connection,
+                "invoice": f.invoice,
+                "date": f.day.isoformat() if f.day else None,
+                "amount": str(f.amount),
+                "currency": f.currency,
+                "ledger_id": f.ledger_id,
+                "booked_as": f.booked_as,
+            }
+            for f in report.fees_booked
+        ],
         "waiting": report.waiting,
     }
     console.file.write(json.dumps(document, indent=2) + "\n")

@@ -217,18 +217,22 @@ def late_fees_charged(session: Session, tenant: str) -> dict[InvoiceRef, FeesCha
     total: dict[InvoiceRef, Decimal] = defaultdict(Decimal)
     in_balance: dict[InvoiceRef, Decimal] = defaultdict(Decimal)
     rows = session.execute(
-        sa.select(col(JournalEntry.subject), col(JournalEntry.payload), col(JournalEntry.status)).where(
+        sa.select(
+            col(JournalEntry.subject), col(JournalEntry.payload), col(JournalEntry.status), col(JournalEntry.result)
+        ).where(
             col(JournalEntry.tenant_id) == tenant,
             col(JournalEntry.kind) == POSTING_KIND,
             col(JournalEntry.subject).like(f"{LATE_FEE}:%"),
         )
     )
-    for subject, payload, status in rows:
+    for subject, payload, status, result in rows:
         _, connection, invoice = str(subject).split(":", 2)
         body = jsonwire.loads(payload)
         amount = Decimal(str(body["amount"]))
         total[(connection, invoice)] += amount
-        if status == "done" and body.get("booking") == "line":
+        # a line the ledger refused (Xero: the invoice has payments) was booked as an invoice of its own
+        booked = (jsonwire.loads(result) if result else {}).get("booked_as") or body.get("booking")
+        if status == "done" and booked == "line":
             in_balance[(connection, invoice)] += amount
     return {ref: FeesCharged(amount, in_balance[ref]) for ref, amount in total.items()}
 

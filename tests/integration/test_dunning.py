@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col
 
-from collect.dunning import DunningPlan, journal_dunning, plan_dunning
+from collect.dunning import DunningPlan, journal_dunning, late_fees_charged, plan_dunning
 from collect.dunning_policy import (
     CallTaskAction,
     CollectionsAction,
@@ -407,3 +407,24 @@ def test_auto_pays_3ds_notice_goes_out_through_the_dunning_sender_with_its_link(
     world.send()
     assert len(smtp_server.received) == 1
     assert "https://checkout.example/pay/cs_test_123" in smtp_server.received[0].part("text/plain")
+
+
+def test_a_fee_line_the_ledger_booked_as_an_invoice_is_not_counted_in_the_invoice_balance(
+    sessions: sessionmaker[Session],
+) -> None:
+    seed(sessions)
+    now = datetime(2026, 12, 20, 10, tzinfo=UTC)
+    with sessions.begin() as s:
+        for n, booked_as in enumerate((None, "invoice")):
+            key = f"posting:late_fee:acme:{L.CONN}:i1:standard:fee-{n}"
+            payload = {"amount": Decimal("25.00"), "booking": "line", "posting_kind": "late_fee"}
+            journal.record(s, journal.Intent(key, L.TENANT, "posting", payload, f"late_fee:{L.CONN}:i1"), now)
+            result = {"posted": True} if booked_as is None else {"posted": True, "booked_as": booked_as}
+            s.execute(  # as the poster settles it
+                sa.update(JournalEntry)
+                .where(col(JournalEntry.key) == key)
+                .values(status="done", external_id="x", result=jsonwire.dumps(result))
+            )
+    with sessions() as s:
+        fees = late_fees_charged(s, L.TENANT)[(L.CONN, "i1")]
+    assert (fees.total, fees.in_balance) == (Decimal("50.00"), Decimal("25.00"))
