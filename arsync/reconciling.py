@@ -105,7 +105,9 @@ class Reconciler:
             )
         result = ReconcileRun(echoes, derived)
         clearing = {connection: accounts.clearing for connection, accounts in self.ledgers().items()}
-        executor = PostingExecutor(self.sessions, self.writers, self.clock, self.today, clearing, self.ledgers())
+        executor = PostingExecutor(
+            self.sessions, self.writers, self.clock, self.today, clearing, self.ledgers(), self.tenant.home_currency
+        )
         for kind in (KIND, CREDIT_KIND):
             while not self.stop():
                 settled = journal.run_due_batch(

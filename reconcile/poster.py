@@ -25,7 +25,7 @@ from sqlmodel import col
 
 from collect.standing import CREDIT_KIND, PROCESSOR_CREDIT
 from connectors.base import Clock, ConnectorError, LedgerWriter, Posting, PostingKind, PostingResult
-from reconcile.postings import Accounts
+from reconcile.postings import Accounts, rate_of_payment
 from sync.journal import Claimed, Done, GiveUp, Outcome, RetryAt
 from sync.models import Payment
 
@@ -79,6 +79,7 @@ class PostingExecutor:
         today: Callable[[], date],
         clearing: Mapping[str, str] | None = None,
         ledgers: Mapping[str, Accounts] | None = None,
+        home_currency: str | None = None,
     ) -> None:
         self.sessions = sessions
         self.writers = writers
@@ -88,6 +89,8 @@ class PostingExecutor:
         """Per connection, its clearing account (where shares of balance payments are received)."""
         self.ledgers = dict(ledgers or {})
         """Per connection, its write-back accounts: late fees and agency fees take theirs from here when posted."""
+        self.home_currency = home_currency
+        """The tenant's: a share of a payment in another currency carries the processor's rate, or waits for it."""
 
     def __call__(self, claimed: list[Claimed]) -> dict[str, Outcome]:
         outcomes: dict[str, Outcome] = {}
@@ -113,7 +116,15 @@ class PostingExecutor:
         for entry in entries:
             posting = self._dated(posting_of(entry, self._source_kind))
             if posting.kind == PostingKind.CREDIT_APPLICATION and posting.payload.get("source") == PROCESSOR_CREDIT:
-                posting = self._balance_payment_share(entry, posting)
+                share = self._balance_payment_share(entry, posting)
+                if share is None:
+                    outcomes[entry.key] = RetryAt(
+                        self.clock() + RETRY_AFTER,
+                        f"waits for the processor's exchange rate of {posting.payload['source_id']}"
+                        f" ({posting.payload['currency']} to {self.home_currency})",
+                    )
+                    continue
+                posting = share
             if posting.kind == PostingKind.SURCHARGE and not posting.payload.get("income_account"):
                 outcomes[entry.key] = GiveUp(
                     f"{PARKED}no surcharge_account in [writeback] of {entry.payload['connection']}:"
@@ -188,10 +199,18 @@ class PostingExecutor:
             )
         return None
 
-    def _balance_payment_share(self, entry: Claimed, posting: Posting) -> Posting:
+    def _balance_payment_share(self, entry: Claimed, posting: Posting) -> Posting | None:
         """A share of a payment made for a customer's whole balance: in the ledger it is a payment of its own,
-        into clearing (the ledger never held this cash, so there is no credit there to apply)."""
+        into clearing (the ledger never held this cash, so there is no credit there to apply). In another
+        currency than the tenant's it carries the processor's rate; None while that rate is not known."""
         p = posting.payload
+        rate: Decimal | None = None
+        home = self.home_currency
+        if home is not None and str(p["currency"]).upper() != home.upper():
+            with self.sessions() as session:
+                rate = rate_of_payment(session, entry.tenant, str(p["source_id"]), home)
+            if rate is None:
+                return None
         payload = {
             "invoice_external_id": p["invoice_external_id"],
             "customer_external_id": p["customer_external_id"],
@@ -201,6 +220,8 @@ class PostingExecutor:
             "account": self.clearing.get(str(entry.payload["connection"])),
             "reference": posting.key,
         }
+        if rate is not None:
+            payload["currency_rate"] = rate
         return Posting(posting.key, PostingKind.PAYMENT.value, payload, posting.attempt)
 
     def _dated(self, posting: Posting) -> Posting:

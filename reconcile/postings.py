@@ -333,7 +333,9 @@ def derive_postings(
                 derived.fees += 1
             case PostingKind.PAYOUT | PostingKind.PAYOUT_DEBIT:
                 derived.payouts += 1
-    derived.allocations = allocate_balance_payments(session, tenant, connections, now, ledgers, day(now))
+    derived.allocations = allocate_balance_payments(
+        session, tenant, connections, now, ledgers, day(now), rates=rates, home_currency=home_currency
+    )
     return derived
 
 
@@ -357,6 +359,25 @@ def payment_rates(lines: list[BalanceLineRow], home_currency: str | None) -> dic
     }
 
 
+def rate_of_payment(session: Session, tenant: str, processor_key: str, home_currency: str | None) -> Decimal | None:
+    """The rate of one processor payment (by our key), as :func:`payment_rates` reads it; None: not known yet."""
+    pi = session.execute(
+        sa.select(col(ProcessorPayment.processor_id)).where(
+            col(ProcessorPayment.tenant_id) == tenant, col(ProcessorPayment.key) == processor_key
+        )
+    ).scalar_one_or_none()
+    if pi is None:
+        return None
+    lines = list(
+        session.execute(
+            sa.select(BalanceLineRow).where(
+                col(BalanceLineRow.tenant_id) == tenant, col(BalanceLineRow.payment_processor_id) == pi
+            )
+        ).scalars()
+    )
+    return payment_rates(lines, home_currency).get(pi)
+
+
 def allocate_balance_payments(
     session: Session,
     tenant: str,
@@ -364,6 +385,8 @@ def allocate_balance_payments(
     now: datetime,
     ledgers: Mapping[str, Accounts] | None = None,
     today: date | None = None,
+    rates: Mapping[str, Decimal] | None = None,
+    home_currency: str | None = None,
 ) -> int:
     """Spread each payment made for a customer's whole balance over the customer's open invoices.
 
@@ -441,6 +464,11 @@ def allocate_balance_payments(
                     "date": (today or now.date()).isoformat(),
                     "account": ledgers[connection].clearing,
                 }
+                if home_currency is not None and credit.currency.upper() != home_currency.upper():
+                    rate = (rates or {}).get(ident)
+                    if rate is None:
+                        continue  # waits for the processor's rate, like the payments it came from
+                    payload["currency_rate"] = rate
                 if journal.record(session, _intent(tenant, connection, PostingKind.OVERPAYMENT, ident, payload), now):
                     recorded += 1
     return recorded

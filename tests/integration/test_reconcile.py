@@ -973,3 +973,54 @@ def test_an_agency_fee_is_parked_without_its_account_then_posted_with_the_config
         "L6",
     )
     assert reconciler(sessions, fixed, ledger, clock).report(since=date(2026, 11, 26)).fees_booked == []
+
+
+def mine(ledger: MemoryLedger) -> list[Posting]:
+    return [p for p in ledger.posted.values() if p.payload.get("customer_external_id") == "c6"]
+
+
+def test_a_balance_payment_in_another_currency_posts_its_shares_and_the_rest_with_its_rate(
+    sessions: sessionmaker[Session], tenant: TenantConfig, clock: FakeClock
+) -> None:
+    with sessions.begin() as s:
+        L.customer(s, "c6")
+        L.invoice(s, "ie6", "c6", "70.00", currency="EUR", issued=date(2026, 10, 1))
+        key = "paylink:acme:acme-qbo:customer-c6:2026-11-20:100.00"
+        paid = _balance_payment(key, "pi_eur_link", "c6", "100.00")
+        paid.currency = "EUR"
+        s.add(paid)
+    ledger = MemoryLedger()
+    first = reconciler(sessions, tenant, ledger, clock).run()
+    assert first.derived.allocations == 1  # the share is decided; the rest waits for the rate
+    assert not mine(ledger)  # and the share is not posted without it
+    with sessions() as s:
+        waiting = s.query(JournalEntry).filter_by(kind=standing.CREDIT_KIND).one().error
+    assert (
+        waiting
+        == "waits for the processor's exchange rate of paylink:acme:acme-qbo:customer-c6:2026-11-20:100.00 (EUR to USD)"
+    )
+
+    with sessions.begin() as s:  # the payout's lines bring the rate
+        s.add(
+            BalanceLineRow(
+                id="txn_eur_link",
+                tenant_id=L.TENANT,
+                payout_id="po_link",
+                type="charge",
+                source_id="ch_link",
+                payment_processor_id="pi_eur_link",
+                amount=Decimal("108.37"),
+                fee=Decimal(0),
+                net=Decimal("108.37"),
+                currency="USD",
+                created=NOW,
+                exchange_rate=Decimal("1.0837"),
+            )
+        )
+    clock.advance(minutes=16)
+    reconciler(sessions, tenant, ledger, clock).run()
+    rates = {p.kind: (p.payload["amount"], p.payload["currency_rate"]) for p in mine(ledger)}
+    assert rates == {
+        "payment": (Decimal("70.00"), Decimal("1.0837")),
+        "overpayment": (Decimal("30.00"), Decimal("1.0837")),
+    }
