@@ -415,12 +415,14 @@ def _plan_invoice(ctx: _Context, customer: CustomerRef, policy: Policy, row: Any
     ref: InvoiceRef = (row.connection_id, row.external_id)
     today = ctx.today
     due: date | None = row.due_date
-    for hold in ctx.holds.get(ref, ()):
+    holds = ctx.holds.get(ref, ())
+    for hold in holds:
         if hold.kind in ("dispute", "hold") and (hold.until is None or hold.until >= today):
             return f"on hold ({hold.kind})"
-        if hold.kind == "plan":
-            _plan_reminders(ctx, customer, ref, row)
-            return "on a payment plan (its instalments are reminded instead)"
+    if ref in ctx.instalments or any(hold.kind == "plan" for hold in holds):
+        _plan_reminders(ctx, customer, ref, row)
+        return "on a payment plan (its instalments are reminded instead)"
+    for hold in holds:
         if hold.kind == "extension" and hold.until is not None and (due is None or hold.until > due):
             due = hold.until
         if hold.kind == "promise" and hold.until is not None:

@@ -428,3 +428,29 @@ def test_a_fee_line_the_ledger_booked_as_an_invoice_is_not_counted_in_the_invoic
     with sessions() as s:
         fees = late_fees_charged(s, L.TENANT)[(L.CONN, "i1")]
     assert (fees.total, fees.in_balance) == (Decimal("50.00"), Decimal("25.00"))
+
+
+def test_instalments_set_up_for_auto_pay_put_the_invoice_on_its_plan(
+    sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
+    seed(sessions)
+    with sessions.begin() as s:
+        for seq, days in ((1, 10), (2, 40)):
+            s.add(
+                ChargeInstalment(
+                    connection_id=L.CONN,
+                    invoice_external_id="i1",
+                    seq=seq,
+                    due_on=DUE + timedelta(days=days),
+                    amount=Decimal("500.00"),
+                    currency="USD",
+                    created_at=L.SYNCED,
+                )
+            )
+    world = World(sessions, smtp_server, policy())
+    world.clock.advance(days=(DUE - START).days + 8)
+    plan = world.plan()
+    assert [(a.kind, dict(a.detail)["seq"]) for a in plan.actions] == [("plan_reminder", 1)]
+    assert plan.skipped == {"on a payment plan (its instalments are reminded instead)": 1}
+    world.clock.advance(days=7)  # past the fee step's day: never late-fee'd while on the plan
+    assert all(a.kind != "late_fee" for a in world.plan().actions)
