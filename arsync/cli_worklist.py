@@ -29,6 +29,7 @@ from collect.worklist import (
     OUTCOMES,
     CustomerCard,
     WorkItem,
+    assign_task,
     check_amount,
     complete_task,
     customer_card,
@@ -145,6 +146,7 @@ def worklist_command(
     limit: Annotated[int | None, typer.Option("--limit", help="Show at most this many tasks.")] = None,
     output: FormatOption = "table",
     as_of: AsOfOption = None,
+    assignee: Annotated[str | None, typer.Option("--assignee", help="Only this person's tasks.")] = None,
 ) -> None:
     """Open tasks for a person, most urgent first (risk x amount x days overdue)."""
     _check_format(output)
@@ -156,7 +158,7 @@ def worklist_command(
         chosen = [application.config.tenant(tenant)] if tenant else list(application.config.tenants)
         for t in chosen:
             today = day or application.clock().astimezone(t.tzinfo).date()
-            found = worklist(session, t.name, [c.name for c in t.connections], today, limit=limit)
+            found = worklist(session, t.name, [c.name for c in t.connections], today, limit=limit, assignee=assignee)
             items += [(t.name, item) for item in found]
     items.sort(key=lambda pair: -pair[1].priority)
     if limit is not None:
@@ -207,6 +209,22 @@ def _item_json(tenant: str, item: WorkItem) -> dict[str, Any]:
 
 
 # --- arsync task done -------------------------------------------------------------------------------------
+
+
+@task_app.command("assign")
+def task_assign(
+    task_id: Annotated[int, typer.Argument(metavar="ID", help="The task's id (as the worklist shows it).")],
+    to: Annotated[str | None, typer.Option("--to", help="The person (omit to put it back on everyone's list).")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Put an open task on a person's worklist."""
+    with ledger_scope(config, None) as (application, connections), application.sessions.begin() as session:
+        task = session.get(DunningTask, task_id)
+        if task is None or task.connection_id not in connections:
+            raise fail(f"task {task_id} does not exist")
+        assign_task(session, task_id, to)
+    where = f"assigned to {to}" if to else "back on everyone's list"
+    console.print(f"task {task_id}: {where}", highlight=False)
 
 
 @task_app.command("done")

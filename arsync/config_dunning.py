@@ -511,6 +511,7 @@ class _RawSmsAction(_Section):
 class _RawCall(_Section):
     kind: Literal["call"]
     note: _NonBlank = "Call the customer about the overdue balance"
+    assignee: _NonBlank | None = None
 
 
 class _RawLateFee(_Section):
@@ -544,6 +545,7 @@ class _RawSuspend(_Section):
 class _RawCollectionsAction(_Section):
     kind: Literal["collections"]
     submit: bool = False
+    assignee: _NonBlank | None = None
 
 
 _RawAction = _RawEmail | _RawStatement | _RawSmsAction | _RawCall | _RawLateFee | _RawSuspend | _RawCollectionsAction
@@ -1110,7 +1112,7 @@ def _action(raw: _RawAction) -> Action:
     if isinstance(raw, _RawSmsAction):
         return SmsAction(template=raw.template)
     if isinstance(raw, _RawCall):
-        return CallTaskAction(note=raw.note)
+        return CallTaskAction(note=raw.note, assignee=raw.assignee)
     if isinstance(raw, _RawLateFee):
         return LateFeeAction(
             flat=raw.flat,
@@ -1124,7 +1126,7 @@ def _action(raw: _RawAction) -> Action:
         )
     if isinstance(raw, _RawSuspend):
         return SuspendAction(tag=raw.tag)
-    return CollectionsAction(submit=raw.submit)
+    return CollectionsAction(submit=raw.submit, assignee=raw.assignee)
 
 
 def _webhook(raw: _RawWebhook | None, secret: Secret | None) -> WebhookTarget | None:

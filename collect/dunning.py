@@ -536,6 +536,7 @@ def _plan_action(
                     note=action.note,
                     amount=row.balance,
                     currency=row.currency,
+                    detail=(("assignee", action.assignee),),
                     **common,
                 )
             )
@@ -556,7 +557,7 @@ def _plan_action(
                     note=note,
                     amount=row.balance,
                     currency=row.currency,
-                    detail=(("submit", action.submit),),
+                    detail=(("submit", action.submit), ("assignee", action.assignee)),
                     **common,
                 )
             )
@@ -871,6 +872,7 @@ def _task(tenant: str, action: DunningAction, now: datetime) -> DunningTask:
         note=f"{note} ({action.why})",
         policy=action.policy,
         step=action.step,
+        assignee=dict(action.detail).get("assignee"),
         created_at=now,
     )
 

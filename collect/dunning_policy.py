@@ -131,6 +131,8 @@ class CallTaskAction:
     """A task on a person's worklist: call the customer."""
 
     note: str = "Call the customer about the overdue balance"
+    assignee: str | None = None
+    """Whose worklist the task goes on (None: anyone's)."""
     kind: Literal["call"] = "call"
 
 
@@ -175,6 +177,8 @@ class CollectionsAction:
     """Flag the invoice for the collections hand-off (a task; ``submit``: send the package at once)."""
 
     submit: bool = False
+    assignee: str | None = None
+    """Whose worklist the hand-off task goes on, when it is not submitted at once."""
     kind: Literal["collections"] = "collections"
 
 

@@ -245,10 +245,7 @@ def worklist(
         .order_by(col(DunningTask.id))
     )
     if assignee is not None:
-        column = getattr(DunningTask, "assignee", None)
-        if column is None:
-            raise WorklistError("tasks are not assigned to anyone in this ledger: list them without an assignee")
-        query = query.where(column == assignee)
+        query = query.where(col(DunningTask.assignee) == assignee)
     tasks = list(session.execute(query).scalars())
     customers = {(t.connection_id, t.customer_external_id) for t in tasks}
     facts = risk_facts(session, tenant, connections, today, customers=customers)
@@ -279,6 +276,20 @@ def worklist(
 
 
 # --- task outcomes --------------------------------------------------------------------------------------
+
+
+def assign_task(session: Session, task_id: int, assignee: str | None) -> DunningTask:
+    """Put an open task on a person's worklist (None: back on everyone's)."""
+    task = session.get(DunningTask, task_id)
+    if task is None:
+        raise WorklistError(f"task {task_id} does not exist")
+    if task.status != "open":
+        raise WorklistError(f"task {task_id} is already {task.status} ({task.outcome}): only open tasks are assigned")
+    if assignee is not None and not assignee.strip():
+        raise WorklistError("an assignee must not be blank")
+    task.assignee = assignee.strip() if assignee is not None else None
+    session.flush()
+    return task
 
 
 def complete_task(

@@ -599,6 +599,8 @@ class DunningTask(SQLModel, table=True):
     note: str
     policy: str | None = Field(default=None, max_length=100)
     step: str | None = Field(default=None, max_length=100)
+    assignee: str | None = Field(default=None, max_length=100)
+    """Whose worklist the task is on (None: anyone's)."""
     status: str = Field(default="open", max_length=20)
     outcome: str | None = Field(default=None, max_length=20)
     outcome_note: str | None = None

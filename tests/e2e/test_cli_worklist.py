@@ -255,3 +255,16 @@ def test_bad_arguments_say_what_is_wrong(ledger: Ledger, args: tuple[str, ...], 
     code, out = ledger.run(*filled)
     assert code == 2 and message in " ".join(out.split()), out
     assert ledger.holds() == []
+
+
+def test_tasks_are_assigned_and_a_persons_worklist_shows_only_theirs(ledger: Ledger) -> None:
+    code, out = ledger.run("task", "assign", str(ledger.tasks["small"]), "--to", "maria")
+    assert (code, out.strip()) == (0, f"task {ledger.tasks['small']}: assigned to maria")
+    mine = ledger.json("worklist", "--date", DAY.isoformat(), "--assignee", "maria")
+    assert [i["id"] for i in mine] == [ledger.tasks["small"]]
+    assert ledger.json("worklist", "--date", DAY.isoformat(), "--assignee", "joe") == []
+    code, out = ledger.run("task", "assign", str(ledger.tasks["small"]))
+    assert code == 0 and "back on everyone's list" in out
+    assert ledger.json("worklist", "--date", DAY.isoformat(), "--assignee", "maria") == []
+    code, out = ledger.run("task", "assign", "999", "--to", "maria")
+    assert code == 2 and "task 999 does not exist" in out

@@ -55,7 +55,7 @@ STEPS = (
     Step(name="upcoming", days=-3, actions=(EmailAction(template="reminder_upcoming"),)),
     Step(name="overdue", days=1, actions=(EmailAction(template="reminder_overdue"),)),
     Step(name="fee", days=15, actions=(FEE, EmailAction(template="late_fee_notice"))),
-    Step(name="call", days=30, actions=(CallTaskAction(note="Call about the balance"),)),
+    Step(name="call", days=30, actions=(CallTaskAction(note="Call about the balance", assignee="maria"),)),
     Step(name="final", days=60, actions=(SuspendAction(), EmailAction(template="final_notice"))),
     Step(name="agency", days=30, anchor="previous", actions=(CollectionsAction(),)),
 )
@@ -182,8 +182,8 @@ def test_an_invoice_walks_through_120_days_of_policy_each_step_once(
     expected_fee = FEE.amount(Decimal("1000.00"), Decimal(0))
     assert fees[0].payload["amount"] == expected_fee == Decimal("40.00")
     with sessions() as s:
-        tasks = s.execute(sa.select(col(DunningTask.kind), col(DunningTask.step))).all()
-        assert sorted(tasks) == [("call", "call"), ("collections", "agency")]
+        tasks = s.execute(sa.select(col(DunningTask.kind), col(DunningTask.step), col(DunningTask.assignee))).all()
+        assert sorted(tasks, key=str) == [("call", "call", "maria"), ("collections", "agency", None)]
         assert s.execute(sa.select(col(CustomerTag.tag))).scalars().all() == ["credit-hold"]
     suspensions = world.entries("webhook")
     assert [e.payload["event"] for e in suspensions] == ["customer.suspended"]

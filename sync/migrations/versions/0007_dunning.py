@@ -124,6 +124,7 @@ def upgrade() -> None:
         sa.Column("note", sa.String(), nullable=False),
         sa.Column("policy", sa.String(length=100), nullable=True),
         sa.Column("step", sa.String(length=100), nullable=True),
+        sa.Column("assignee", sa.String(length=100), nullable=True),
         sa.Column("status", sa.String(length=20), nullable=False),
         sa.Column("outcome", sa.String(length=20), nullable=True),
         sa.Column("outcome_note", sa.String(), nullable=True),
