@@ -22,7 +22,7 @@ from sqlmodel import col
 from arsync.bootstrap import App
 from arsync.cli_collect import customer_app, invoice_app
 from arsync.cli_support import DEFAULT_CONFIG, ConfigOption, console, fail, ledger_scope
-from collect.marks import resolve_customer, resolve_invoice
+from collect.marks import resolve_customer, resolve_invoice, set_locale
 from collect.risk import RiskAssessment, format_amount
 from collect.standing import CustomerRef, InvoiceRef
 from collect.worklist import (
@@ -400,6 +400,25 @@ def customer_opt_out(
         block = opt_out(session, ref, channel, address, reason, application.clock())
         what = block.address or f"every {channel} address"
         console.print(f"{_customer(ref)}: opted out of {channel} ({what})", highlight=False, markup=False)
+
+
+@customer_app.command("locale")
+def customer_locale(
+    customer: CustomerOption,
+    timezone: Annotated[str | None, typer.Option("--timezone", help="IANA time zone, e.g. Europe/London.")] = None,
+    country: Annotated[str | None, typer.Option("--country", help="ISO country code for public holidays.")] = None,
+    subdivision: Annotated[str | None, typer.Option("--subdivision", help="State or region, e.g. NY.")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    tenant: TenantOption = None,
+) -> None:
+    """Where the customer reads its mail: reminders go in its working hours, on its business days."""
+    if timezone is None and country is None and subdivision is None:
+        raise fail("name --timezone, --country or --subdivision")
+    with ledger_scope(config, tenant) as (application, connections), application.sessions.begin() as session:
+        ref = resolve_customer(session, connections, customer)
+        row = set_locale(session, ref, timezone, country, subdivision)
+        where = ", ".join(v for v in (row.timezone, row.country, row.subdivision) if v)
+        console.print(f"{_customer(ref)}: {where}", highlight=False, markup=False)
 
 
 @customer_app.command("opt-in")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -48,7 +48,15 @@ from collect.mail import (
 from collect.send_window import Pacing, SendWindow, earliest_send, local_instant
 from collect.sms import SmsConfigError, SmsRejected, SmsSender, SmsTransientError, SmsUndeliverable
 from sync.journal import Claimed, Done, GiveUp, Outcome, RetryAt
-from sync.models import ContactBlock, Customer, CustomerContact, DunningMessage, Invoice, InvoiceHold
+from sync.models import (
+    ContactBlock,
+    Customer,
+    CustomerContact,
+    CustomerLocale,
+    DunningMessage,
+    Invoice,
+    InvoiceHold,
+)
 
 ZERO = Decimal(0)
 TRANSIENT_RETRY = timedelta(minutes=15)
@@ -170,7 +178,19 @@ class MessageSender:
                 col(DunningMessage.status) == "sent",
             )
         ).scalar_one_or_none()
-        return earliest_send(self.window, self.tz, self.pacing, now, sent_today=int(sent_today), last_to_customer=last)
+        window, tz = self._locale(session, connection, customer)
+        return earliest_send(window, tz, self.pacing, now, sent_today=int(sent_today), last_to_customer=last)
+
+    def _locale(self, session: Session, connection: str, customer: str) -> tuple[SendWindow, ZoneInfo]:
+        """The send window in the customer's time zone and on its country's business days, where known
+        (``customer_locale``); the tenant's otherwise. The daily cap still counts the tenant's day."""
+        found = session.get(CustomerLocale, (connection, customer))
+        if found is None:
+            return self.window, self.tz
+        window = self.window
+        if found.country is not None:
+            window = replace(window, country=found.country, subdivision=found.subdivision)
+        return window, ZoneInfo(found.timezone) if found.timezone else self.tz
 
     def _recipients(self, session: Session, connection: str, customer: str, channel: str) -> list[_Recipient]:
         blocks = session.execute(

@@ -7,6 +7,7 @@ is released or its ``until`` day has passed.
 
 from __future__ import annotations
 
+import zoneinfo
 from collections.abc import Sequence
 from datetime import date, datetime
 
@@ -14,8 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from collect.send_window import SendWindow
 from collect.standing import BLOCKING_HOLDS, CustomerRef, InvoiceRef
-from sync.models import Customer, CustomerTag, Invoice, InvoiceHold
+from sync.models import Customer, CustomerLocale, CustomerTag, Invoice, InvoiceHold
 
 
 class LedgerRefError(ValueError):
@@ -104,3 +106,28 @@ def release_holds(session: Session, invoice: InvoiceRef, now: datetime) -> int:
         .values(released_at=now)
     )
     return int(getattr(result, "rowcount", 0))
+
+
+def set_locale(
+    session: Session, customer: CustomerRef, timezone: str | None, country: str | None, subdivision: str | None
+) -> CustomerLocale:
+    """Where the customer reads its mail: dunning's send window opens in its time zone, on its country's
+    business days. None leaves a value as it is; raises ValueError naming an unknown zone or country."""
+    if timezone is not None:
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {timezone!r} (an IANA name such as Europe/London)") from None
+    row = session.get(CustomerLocale, customer) or CustomerLocale(
+        connection_id=customer[0], customer_external_id=customer[1]
+    )
+    row.timezone = timezone or row.timezone
+    if country is not None:
+        row.country, row.subdivision = country.upper(), subdivision
+    elif subdivision is not None:
+        row.subdivision = subdivision
+    if row.country is not None:
+        SendWindow(country=row.country, subdivision=row.subdivision)  # names an unknown country or subdivision
+    session.add(row)
+    session.flush()
+    return row

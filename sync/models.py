@@ -583,6 +583,18 @@ class ContactBlock(SQLModel, table=True):
     created_at: datetime | None = utc(nullable=False)
 
 
+class CustomerLocale(SQLModel, table=True):
+    """Where a customer reads its mail: the send window opens in its time zone, on its country's business days."""
+
+    __tablename__ = "customer_locale"
+
+    connection_id: str = Field(foreign_key="connection.id", primary_key=True, max_length=100)
+    customer_external_id: str = Field(primary_key=True, max_length=100)
+    timezone: str | None = Field(default=None, max_length=60)
+    country: str | None = Field(default=None, max_length=2)
+    subdivision: str | None = Field(default=None, max_length=10)
+
+
 class DunningTask(SQLModel, table=True):
     """Work for a person: a call, a collections hand-off, a broken promise to follow up."""
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from arsync.cli import app
 from sync.db import make_engine
-from sync.models import ContactBlock, DunningMessage, DunningTask, InvoiceHold, LateFeeWaiver
+from sync.models import ContactBlock, CustomerLocale, DunningMessage, DunningTask, InvoiceHold, LateFeeWaiver
 from tests import collecting as L
 from tests.unit.test_config import BASE, write
 from tests.unit.test_config_payments import MINIMAL, PENV
@@ -268,3 +268,17 @@ def test_tasks_are_assigned_and_a_persons_worklist_shows_only_theirs(ledger: Led
     assert ledger.json("worklist", "--date", DAY.isoformat(), "--assignee", "maria") == []
     code, out = ledger.run("task", "assign", "999", "--to", "maria")
     assert code == 2 and "task 999 does not exist" in out
+
+
+def test_a_customers_locale_is_checked_and_kept(ledger: Ledger) -> None:
+    code, out = ledger.run("customer", "locale", "--customer", "big", "--timezone", "Europe/London", "--country", "gb")
+    assert (code, out.strip()) == (0, "acme-qbo:big: Europe/London, GB")
+    code, out = ledger.run("customer", "locale", "--customer", "big", "--timezone", "Mars/Olympus")
+    assert code == 2 and "unknown time zone 'Mars/Olympus'" in out
+    code, out = ledger.run("customer", "locale", "--customer", "big", "--country", "XX")
+    assert code == 2 and "XX" in out
+    code, out = ledger.run("customer", "locale", "--customer", "big")
+    assert code == 2 and "name --timezone, --country or --subdivision" in out
+    with ledger.sessions() as s:
+        row = s.get(CustomerLocale, (L.CONN, "big"))
+        assert row is not None and (row.timezone, row.country) == ("Europe/London", "GB")

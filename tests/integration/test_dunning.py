@@ -29,6 +29,7 @@ from collect.dunning_policy import (
 )
 from collect.dunning_send import MessageSender
 from collect.mail import Branding, SmtpSender, Templates
+from collect.marks import set_locale
 from collect.send_window import Pacing, SendWindow
 from connectors import jsonwire
 from sync import journal
@@ -454,3 +455,23 @@ def test_instalments_set_up_for_auto_pay_put_the_invoice_on_its_plan(
     assert plan.skipped == {"on a payment plan (its instalments are reminded instead)": 1}
     world.clock.advance(days=7)  # past the fee step's day: never late-fee'd while on the plan
     assert all(a.kind != "late_fee" for a in world.plan().actions)
+
+
+def test_a_customer_abroad_gets_its_reminder_in_its_own_working_hours(
+    sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
+    seed(sessions)
+    with sessions.begin() as s:
+        set_locale(s, (L.CONN, "c1"), "Asia/Tokyo", "JP", None)
+    world = World(sessions, smtp_server, policy())
+    world.clock.advance(days=(DUE - START).days + 1)  # Thursday 10:00 UTC: 19:00 in Tokyo, after hours
+    world.run()
+    assert smtp_server.received == []
+    [entry] = [e for e in world.entries("notify")]
+    with sessions() as s:
+        waiting = s.execute(sa.select(JournalEntry).where(col(JournalEntry.key) == entry.key)).scalar_one()
+    friday_9_tokyo = datetime(2026, 12, 4, 0, 0, tzinfo=UTC)
+    assert (waiting.status, waiting.next_attempt_at) == ("pending", friday_9_tokyo)
+    world.clock.advance(hours=14, minutes=30)  # Friday 00:30 UTC: 09:30 in Tokyo
+    world.send()
+    assert [m.rcpt_tos for m in smtp_server.received] == [("ap@globex.example",)]

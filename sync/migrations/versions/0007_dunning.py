@@ -66,6 +66,19 @@ def upgrade() -> None:
         batch_op.create_index("ix_contact_block_customer", ["connection_id", "customer_external_id"], unique=False)
 
     op.create_table(
+        "customer_locale",
+        sa.Column("connection_id", sa.String(length=100), nullable=False),
+        sa.Column("customer_external_id", sa.String(length=100), nullable=False),
+        sa.Column("timezone", sa.String(length=60), nullable=True),
+        sa.Column("country", sa.String(length=2), nullable=True),
+        sa.Column("subdivision", sa.String(length=10), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["connection_id"],
+            ["connection.id"],
+        ),
+        sa.PrimaryKeyConstraint("connection_id", "customer_external_id"),
+    )
+    op.create_table(
         "dunning_message",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("key", sa.String(length=250), nullable=False),
@@ -192,6 +205,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_dunning_message_customer")
 
     op.drop_table("dunning_message")
+    op.drop_table("customer_locale")
     with op.batch_alter_table("contact_block", schema=None) as batch_op:
         batch_op.drop_index("ix_contact_block_customer")
 
