@@ -31,13 +31,18 @@ from collect.dunning_send import MessageSender
 from collect.mail import Branding, SmtpSender, Templates
 from collect.marks import set_locale
 from collect.send_window import Pacing, SendWindow
+from collect.sms import TwilioSms
+from collect.sms_sandbox import TwilioSandbox
 from connectors import jsonwire
 from sync import journal
 from sync.models import (
     ChargeInstalment,
     CollectionsPlacement,
+    ContactBlock,
+    Customer,
     CustomerContact,
     CustomerTag,
+    DunningMessage,
     DunningTask,
     Invoice,
     InvoiceHold,
@@ -475,3 +480,26 @@ def test_a_customer_abroad_gets_its_reminder_in_its_own_working_hours(
     world.clock.advance(hours=14, minutes=30)  # Friday 00:30 UTC: 09:30 in Tokyo
     world.send()
     assert [m.rcpt_tos for m in smtp_server.received] == [("ap@globex.example",)]
+
+
+def test_when_every_address_bounces_the_reminder_goes_by_text(
+    sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
+    seed(sessions, email="gone@globex.example")
+    with sessions.begin() as s:
+        s.execute(sa.update(Customer).where(col(Customer.external_id) == "c1").values(phone="+14155550123"))
+    smtp_server.refuse["gone@globex.example"] = 550
+    sid, token, sender = "AC" + "1234abcd" * 4, "tok_3f9a0c1d2e4b5a6978", "+15005550006"
+    with TwilioSandbox(sid, token, (sender,)) as twilio:
+        world = World(sessions, smtp_server, policy())
+        world.sender.sms = TwilioSms(sid, token, sender, base_url=twilio.base_url, timeout=5, clock=world.clock)
+        world.clock.advance(days=(DUE - START).days + 1)
+        world.run()
+        [text] = twilio.messages
+    assert smtp_server.received == []
+    assert text.to == "+14155550123" and "INV-i1" in text.body
+    with sessions() as s:
+        blocked = s.execute(sa.select(col(ContactBlock.address), col(ContactBlock.kind))).all()
+        [sent] = s.execute(sa.select(DunningMessage)).scalars().all()
+    assert blocked == [("gone@globex.example", "bounce")]
+    assert (sent.channel, sent.address) == ("sms", "+14155550123")
