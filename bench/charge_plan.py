@@ -219,10 +219,22 @@ def synced(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def generate(url: str, customers: int, invoices: int, seed: int) -> Ledger:
-    """Migrate the database at ``url`` and fill it. Runs in its own process (see ``main``)."""
+@dataclass
+class Build:
+    """A ledger being generated (see :func:`start_ledger`): where it goes and when each phase started."""
+
+    engine: sa.Engine
+    load: Loader
+    started: float
+    generating: float
+    """When building the rows started (after the migration)."""
+    inserting: float
+    """INSERT time counted before building the rows started (the tenant and connection)."""
+
+
+def start_ledger(url: str, ledger: Ledger) -> Build:
+    """Migrate the database at ``url`` with ``sync.db.upgrade`` and add the tenant and its connection."""
     started = time.perf_counter()
-    ledger = Ledger()
     engine = make_engine(url)
     upgrade(engine)
     ledger.migrate_seconds = time.perf_counter() - started
@@ -231,10 +243,77 @@ def generate(url: str, customers: int, invoices: int, seed: int) -> Ledger:
         session.add(Tenant(id=TENANT, display_name="Benchmark Co"))
         session.flush()
         session.add(Connection(id=CONN, tenant_id=TENANT, kind="quickbooks"))
-    rng = random.Random(seed)
     load = Loader(sessions, ledger)
-    inserting = sum(ledger.insert_seconds.values())
-    generating = time.perf_counter()
+    return Build(engine, load, started, time.perf_counter(), sum(ledger.insert_seconds.values()))
+
+
+def finish_ledger(build: Build) -> None:
+    """Insert what is left, ``ANALYZE`` on PostgreSQL, and fill in the ledger's times and peak RSS."""
+    ledger = build.load.ledger
+    build.load.flush()
+    ledger.generate_seconds = (
+        time.perf_counter() - build.generating - (sum(ledger.insert_seconds.values()) - build.inserting)
+    )
+    if build.engine.dialect.name == "postgresql":
+        # A sync runs ANALYZE as it loads (sync.store.refresh_statistics); this server's autovacuum may be off.
+        analyzing = time.perf_counter()
+        with build.engine.begin() as conn:
+            conn.execute(sa.text("ANALYZE"))
+        ledger.analyze_seconds = time.perf_counter() - analyzing
+    build.engine.dispose()
+    ledger.wall = time.perf_counter() - build.started
+    ledger.loader_rss_kib = maxrss_kib()
+
+
+def pick_method(rng: random.Random) -> tuple[str, str | None]:
+    """An enrolled method's (kind, funding), drawn with the shares of ``METHODS``."""
+    pick, method = rng.random(), METHODS[-1]
+    for candidate in METHODS:
+        if pick < candidate[2]:
+            method = candidate
+            break
+        pick -= candidate[2]
+    return method[0], method[1]
+
+
+def add_enrolment(load: Loader, c: int, kind: str, funding: str | None, enrolled_at: datetime) -> None:
+    """Customer ``c`` enrolled for off-session charges: its processor link and its saved method."""
+    ext = customer_id(c)
+    load.add(
+        ProcessorLink,
+        {
+            "connection_id": CONN,
+            "customer_external_id": ext,
+            "tenant_id": TENANT,
+            "processor_customer_id": f"cus_{ext}",
+            "created_at": enrolled_at,
+        },
+    )
+    load.add(
+        SavedPaymentMethod,
+        {
+            "connection_id": CONN,
+            "customer_external_id": ext,
+            "processor_customer_id": f"cus_{ext}",
+            "payment_method_id": f"pm_{ext}",
+            "kind": kind,
+            "brand": "visa" if kind == "card" else None,
+            "last4": f"{c % 10000:04d}",
+            "funding": funding,
+            "scope": "off_session",
+            "enrolled_at": enrolled_at,
+            "link_id": None,
+            "active": True,
+        },
+    )
+
+
+def generate(url: str, customers: int, invoices: int, seed: int) -> Ledger:
+    """Migrate the database at ``url`` and fill it. Runs in its own process (see ``main``)."""
+    ledger = Ledger()
+    build = start_ledger(url, ledger)
+    load = build.load
+    rng = random.Random(seed)
 
     methods: list[tuple[str, str | None] | None] = []
     """Per customer index, the enrolled method (kind, funding), or None."""
@@ -247,42 +326,9 @@ def generate(url: str, customers: int, invoices: int, seed: int) -> Ledger:
         if rng.random() >= ENROLLED:
             methods.append(None)
             continue
-        pick, method = rng.random(), METHODS[-1]
-        for candidate in METHODS:
-            if pick < candidate[2]:
-                method = candidate
-                break
-            pick -= candidate[2]
-        kind, funding, _ = method
+        kind, funding = pick_method(rng)
         methods.append((kind, funding))
-        enrolled_at = SYNCED - timedelta(days=rng.randrange(1, 400))
-        load.add(
-            ProcessorLink,
-            {
-                "connection_id": CONN,
-                "customer_external_id": ext,
-                "tenant_id": TENANT,
-                "processor_customer_id": f"cus_{ext}",
-                "created_at": enrolled_at,
-            },
-        )
-        load.add(
-            SavedPaymentMethod,
-            {
-                "connection_id": CONN,
-                "customer_external_id": ext,
-                "processor_customer_id": f"cus_{ext}",
-                "payment_method_id": f"pm_{ext}",
-                "kind": kind,
-                "brand": "visa" if kind == "card" else None,
-                "last4": f"{c % 10000:04d}",
-                "funding": funding,
-                "scope": "off_session",
-                "enrolled_at": enrolled_at,
-                "link_id": None,
-                "active": True,
-            },
-        )
+        add_enrolment(load, c, kind, funding, SYNCED - timedelta(days=rng.randrange(1, 400)))
         if rng.random() < CREDIT_NOTE:
             remaining = cents(rng.randint(5_000, 50_000))
             load.add(
@@ -435,17 +481,7 @@ def generate(url: str, customers: int, invoices: int, seed: int) -> Ledger:
                     "applied_in_ledger_at": None,
                 },
             )
-    load.flush()
-    ledger.generate_seconds = time.perf_counter() - generating - (sum(ledger.insert_seconds.values()) - inserting)
-    if engine.dialect.name == "postgresql":
-        # A sync runs ANALYZE as it loads (sync.store.refresh_statistics); this server's autovacuum may be off.
-        analyzing = time.perf_counter()
-        with engine.begin() as conn:
-            conn.execute(sa.text("ANALYZE"))
-        ledger.analyze_seconds = time.perf_counter() - analyzing
-    engine.dispose()
-    ledger.wall = time.perf_counter() - started
-    ledger.loader_rss_kib = maxrss_kib()
+    finish_ledger(build)
     return ledger
 
 
@@ -614,6 +650,18 @@ def rate(rows: int, wall: float) -> str:
 
 
 def print_ledger(ledger: Ledger, loading: float) -> None:
+    print_loading(
+        ledger,
+        loading,
+        [
+            ["enrolled customers", num(ledger.enrolled_customers)],
+            ["open invoices of enrolled customers (what the plan streams)", num(ledger.enrolled_invoices)],
+        ],
+    )
+
+
+def print_loading(ledger: Ledger, loading: float, facts: Sequence[list[str]]) -> None:
+    """The rows and INSERT time per table, the phases of the loading process, then ``facts``."""
     title("Ledger (generated in a separate process)")
     rows = [["table", "rows", "INSERT time", "rows/s"]]
     for name, n in sorted(ledger.rows.items(), key=lambda item: -item[1]):
@@ -633,8 +681,7 @@ def print_ledger(ledger: Ledger, loading: float) -> None:
             ["data generation in all (the loading process)", seconds(ledger.wall)],
             ["… with process start and imports", seconds(loading)],
             ["peak RSS of the loading process", mib(ledger.loader_rss_kib)],
-            ["enrolled customers", num(ledger.enrolled_customers)],
-            ["open invoices of enrolled customers (what the plan streams)", num(ledger.enrolled_invoices)],
+            *facts,
         ],
         header=False,
     )
