@@ -30,6 +30,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
@@ -162,6 +163,8 @@ class _Context:
     instalments: dict[InvoiceRef, list[tuple[int, date, Decimal, str]]]
     plan: DunningPlan
     seen: set[str] = field(default_factory=set)
+    offsets: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Per policy, its steps' days from the due date (computed once, read per invoice)."""
 
     def add(self, action: DunningAction) -> None:
         if action.key not in self.seen:
@@ -435,13 +438,14 @@ def _plan_invoice(ctx: _Context, customer: CustomerRef, policy: Policy, row: Any
     cycle = 0 if fresh else row.cycle
     anchor = due if fresh else row.anchor
     last_step = -1 if fresh else row.last_step
-    offsets = policy.offsets()
+    offsets = ctx.offsets.get(policy.name) or ctx.offsets.setdefault(policy.name, policy.offsets())
     if not fresh and row.cycle == 0 and anchor != due:
         anchor = due  # the due date moved (an extension, an edit in the ledger)
     if not fresh and row.balance < row.last_balance and ctx.policy.reset_on_partial_payment:
         cycle, anchor = cycle + 1, today
         last_step = max((i for i, off in enumerate(offsets) if off <= 0), default=-1)
-    came = [i for i, off in enumerate(offsets) if i > last_step and anchor + timedelta(days=off) <= today]
+    elapsed = (today - anchor).days
+    came = [i for i, off in enumerate(offsets) if i > last_step and off <= elapsed]
     state = StateChange(row.connection_id, row.external_id, policy.name, cycle, anchor, last_step, row.balance)
     if not came:
         if fresh or state.cycle != row.cycle or row.balance != row.last_balance or anchor != row.anchor:
@@ -763,7 +767,7 @@ def journal_dunning(
     terms); one that cannot be (already placed) becomes a task for a person like the others.
     """
     intents: list[journal.Intent] = []
-    tasks: list[DunningTask] = []
+    tasks: list[dict[str, Any]] = []
     submitted = 0
     for action in plan.actions:
         submit = action.kind == "collections" and collecting is not None and dict(action.detail).get("submit")
@@ -780,23 +784,16 @@ def journal_dunning(
     recorded = submitted + len(journal.record_many(session, intents, now))
     recorded += _add_tasks(session, tasks)
     _save_states(session, plan.states, now)
-    for hold_id, outcome in plan.promises:
-        session.execute(
-            sa.update(InvoiceHold)
-            .where(col(InvoiceHold.id) == hold_id, col(InvoiceHold.released_at).is_(None))
-            .values(outcome=outcome, released_at=now)
-        )
-    for (connection, customer), tag, add in plan.tags:
-        where = (
-            col(CustomerTag.connection_id) == connection,
-            col(CustomerTag.customer_external_id) == customer,
-            col(CustomerTag.tag) == tag,
-        )
-        present = session.execute(sa.select(sa.literal(1)).where(*where)).first() is not None
-        if add and not present:
-            session.add(CustomerTag(connection_id=connection, customer_external_id=customer, tag=tag))
-        elif not add and present:
-            session.execute(sa.delete(CustomerTag).where(*where))
+    for outcome in ("kept", "broken"):
+        closing = [hold for hold, result in plan.promises if result == outcome]
+        for start in range(0, len(closing), CHUNK):
+            session.execute(
+                sa.update(InvoiceHold)
+                .where(col(InvoiceHold.id).in_(closing[start : start + CHUNK]), col(InvoiceHold.released_at).is_(None))
+                .values(outcome=outcome, released_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    _save_tags(session, plan.tags)
     session.flush()
     return recorded
 
@@ -858,51 +855,77 @@ def _intent(tenant: str, action: DunningAction, today: date) -> journal.Intent:
     return journal.Intent(action.key, tenant, NOTIFY_KIND, payload, subject)
 
 
-def _task(tenant: str, action: DunningAction, now: datetime) -> DunningTask:
+def _task(tenant: str, action: DunningAction, now: datetime) -> dict[str, Any]:
+    """A ``dunning_task`` row (plain values: a plan can hold hundreds of thousands)."""
     note = action.note or action.kind
     if dict(action.detail).get("submit"):
         note += "; submit with `arsync collections submit`"
-    return DunningTask(
-        key=action.key,
-        tenant_id=tenant,
-        connection_id=action.connection,
-        customer_external_id=action.customer,
-        invoice_external_id=action.invoice,
-        kind=action.kind,
-        note=f"{note} ({action.why})",
-        policy=action.policy,
-        step=action.step,
-        assignee=dict(action.detail).get("assignee"),
-        created_at=now,
-    )
+    return {
+        "key": action.key,
+        "tenant_id": tenant,
+        "connection_id": action.connection,
+        "customer_external_id": action.customer,
+        "invoice_external_id": action.invoice,
+        "kind": action.kind,
+        "note": f"{note} ({action.why})",
+        "policy": action.policy,
+        "step": action.step,
+        "assignee": dict(action.detail).get("assignee"),
+        "status": "open",
+        "outcome": None,
+        "outcome_note": None,
+        "created_at": now,
+        "done_at": None,
+    }
 
 
-def _add_tasks(session: Session, tasks: list[DunningTask]) -> int:
+def _add_tasks(session: Session, tasks: list[dict[str, Any]]) -> int:
+    """Insert the tasks not there yet: per chunk, one look-up of the keys and one bulk insert."""
     added = 0
     for start in range(0, len(tasks), CHUNK):
         chunk = tasks[start : start + CHUNK]
         present = set(
             session.execute(
-                sa.select(col(DunningTask.key)).where(col(DunningTask.key).in_([t.key for t in chunk]))
+                sa.select(col(DunningTask.key)).where(col(DunningTask.key).in_([t["key"] for t in chunk]))
             ).scalars()
         )
+        rows = []
         for task in chunk:
-            if task.key not in present:
-                session.add(task)
-                present.add(task.key)
-                added += 1
+            if task["key"] not in present:
+                present.add(task["key"])
+                rows.append(task)
+        if rows:
+            session.execute(sa.insert(DunningTask).execution_options(render_nulls=True), rows)
+            added += len(rows)
     return added
 
 
+def _save_tags(session: Session, changes: list[tuple[CustomerRef, str, bool]]) -> None:
+    """Suspensions put on (add) and taken off: per chunk, one look-up and one bulk insert or delete."""
+    for start in range(0, len(changes), CHUNK):
+        chunk = changes[start : start + CHUNK]
+        triple = sa.tuple_(col(CustomerTag.connection_id), col(CustomerTag.customer_external_id), col(CustomerTag.tag))
+        wanted = [(c, k, tag) for (c, k), tag, _ in chunk]
+        columns = (col(CustomerTag.connection_id), col(CustomerTag.customer_external_id), col(CustomerTag.tag))
+        present = {(c, k, t) for c, k, t in session.execute(sa.select(*columns).where(triple.in_(wanted)))}
+        added = {(c, k, tag) for (c, k), tag, add in chunk if add} - present
+        removed = [(c, k, tag) for (c, k), tag, add in chunk if not add and (c, k, tag) in present]
+        if added:
+            session.execute(
+                sa.insert(CustomerTag),
+                [{"connection_id": c, "customer_external_id": k, "tag": tag} for c, k, tag in sorted(added)],
+            )
+        if removed:
+            session.execute(sa.delete(CustomerTag).where(triple.in_(removed)))
+
+
 def _save_states(session: Session, states: list[StateChange], now: datetime) -> None:
-    """Upsert each invoice's place in its schedule (delete + insert: the same on every store)."""
+    """Upsert each invoice's place in its schedule, a chunk per statement (the store's own upsert)."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     for start in range(0, len(states), CHUNK):
         chunk = states[start : start + CHUNK]
-        keys = [(s.connection, s.invoice) for s in chunk]
-        pair = sa.tuple_(col(DunningState.connection_id), col(DunningState.invoice_external_id))
-        session.execute(sa.delete(DunningState).where(pair.in_(keys)))
-        session.execute(
-            sa.insert(DunningState),
+        statement = insert(DunningState).values(
             [
                 {
                     "connection_id": s.connection,
@@ -915,5 +938,19 @@ def _save_states(session: Session, states: list[StateChange], now: datetime) -> 
                     "updated_at": now,
                 }
                 for s in chunk
-            ],
+            ]
+        )
+        excluded = statement.excluded
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["connection_id", "invoice_external_id"],
+                set_={
+                    "policy": excluded.policy,
+                    "cycle": excluded.cycle,
+                    "anchor": excluded.anchor,
+                    "last_step": excluded.last_step,
+                    "last_balance": excluded.last_balance,
+                    "updated_at": excluded.updated_at,
+                },
+            )
         )
