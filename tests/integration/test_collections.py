@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -455,7 +456,7 @@ def test_the_success_fee_uses_the_terms_of_the_day_of_submission(sessions: sessi
 def test_the_command_line_submits_lists_and_follows_a_placement(tmp_path: Path) -> None:
     """``arsync collections`` end to end on the real clock, the agency's webhook a real server."""
     real = WebhookReceiver(SECRET, lambda: datetime.now(UTC)).start()
-    today = date.today()
+    today = datetime.now(ZoneInfo("America/Chicago")).date()  # the tenant's day, as the commands count it
     env = {**ENV, "ACME_AGENCY_SECRET": SECRET}
     config = write(
         tmp_path,
