@@ -866,7 +866,7 @@ def journal(sessions: sessionmaker[Session], plan: DunningPlan) -> bool:
             ["actions recorded (journal entries + tasks)", num(recorded)],
             ["… journal entries (notify, posting, webhook)", num(len(plan.actions) - tasks)],
             ["… tasks (dunning_task)", num(tasks)],
-            ["invoice states written (dunning_state, delete + insert)", num(states)],
+            ["invoice states written (dunning_state, upserted)", num(states)],
             ["promises closed (kept or broken)", num(promises)],
             ["customer tags put on or taken off", num(len(plan.tags))],
             ["journal_dunning (inside the transaction)", seconds(inside)],
