@@ -535,28 +535,6 @@ class Analysis:
     profile: str | None
 
 
-def _resume_alone(session: Session, owing: set[tuple[str, str]]) -> int:
-    """``dunning._resume`` alone: its query for the customers with something past due, then the suspended
-    customers it resumes (``owing`` taken as every customer with an open invoice, read before, not timed)."""
-    plan = DunningPlan(TENANT, TODAY)
-    ctx = dunning._Context(
-        tenant=TENANT,
-        policy=POLICY,
-        today=TODAY,
-        tags=customer_tags(session, CONNECTIONS),
-        holds={},
-        declines={},
-        autopay=frozenset(),
-        risk={},
-        waivers={},
-        fees={},
-        instalments={},
-        plan=plan,
-    )
-    dunning._resume(ctx, owing, session, CONNECTIONS)
-    return len(plan.actions)
-
-
 def analyse(url: str, profile_top: int | None) -> Analysis:
     """Each loader of ``plan_dunning`` alone, then its invoice stream, the whole plan with the cyclic garbage
     collector on and off, and optionally a cProfile of the plan. In its own process."""
@@ -573,14 +551,6 @@ def analyse(url: str, profile_top: int | None) -> Analysis:
             time.perf_counter() - started,
             0.0,
         )
-        owing = {
-            (str(connection), str(customer))
-            for connection, customer in session.execute(
-                sa.select(col(Invoice.connection_id), col(Invoice.customer_external_id))
-                .where(col(Invoice.status).in_(dunning.OPEN), col(Invoice.balance) > Decimal(0))
-                .distinct()
-            )
-        }
     del whole
     ids: list[str] | None = None
     conns = list(CONNECTIONS)
@@ -611,7 +581,6 @@ def analyse(url: str, profile_top: int | None) -> Analysis:
             "_open_invoices: the stream of rows, no decisions",
             lambda s: sum(1 for _ in dunning._open_invoices(s, CONNECTIONS)),
         ),
-        ("_resume: suspended customers with nothing past due", lambda s: _resume_alone(s, owing)),
     ]
     inner = {name for name, _ in steps if name.startswith("…")}
     parts: list[Part] = []

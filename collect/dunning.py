@@ -215,8 +215,11 @@ class FeesCharged:
     """Those the ledger's balance of the invoice includes: posted as a line on it."""
 
 
-def late_fees_charged(session: Session, tenant: str) -> dict[InvoiceRef, FeesCharged]:
-    """Late fees journaled per invoice, and how much of them the invoice's ledger balance already holds."""
+def late_fees_charged(
+    session: Session, tenant: str, invoice: InvoiceRef | None = None
+) -> dict[InvoiceRef, FeesCharged]:
+    """Late fees journaled per invoice (only ``invoice``'s when given), and how much of them the invoice's
+    ledger balance already holds."""
     total: dict[InvoiceRef, Decimal] = defaultdict(Decimal)
     in_balance: dict[InvoiceRef, Decimal] = defaultdict(Decimal)
     rows = session.execute(
@@ -225,18 +228,21 @@ def late_fees_charged(session: Session, tenant: str) -> dict[InvoiceRef, FeesCha
         ).where(
             col(JournalEntry.tenant_id) == tenant,
             col(JournalEntry.kind) == POSTING_KIND,
-            col(JournalEntry.subject).like(f"{LATE_FEE}:%"),
+            col(JournalEntry.subject) == f"{LATE_FEE}:{invoice[0]}:{invoice[1]}"
+            if invoice is not None
+            else col(JournalEntry.subject).like(f"{LATE_FEE}:%"),
         )
     )
     for subject, payload, status, result in rows:
-        _, connection, invoice = str(subject).split(":", 2)
+        _, connection, external_id = str(subject).split(":", 2)
+        ref = (connection, external_id)
         body = jsonwire.loads(payload)
         amount = Decimal(str(body["amount"]))
-        total[(connection, invoice)] += amount
+        total[ref] += amount
         # a line the ledger refused (Xero: the invoice has payments) was booked as an invoice of its own
         booked = (jsonwire.loads(result) if result else {}).get("booked_as") or body.get("booking")
         if status == "done" and booked == "line":
-            in_balance[(connection, invoice)] += amount
+            in_balance[ref] += amount
     return {ref: FeesCharged(amount, in_balance[ref]) for ref, amount in total.items()}
 
 
@@ -360,11 +366,14 @@ def plan_dunning(
         plan=plan,
     )
     owing: set[CustomerRef] = set()
+    overdue: set[CustomerRef] = set()
     for customer, invoices in _by_customer(_open_invoices(session, connections)):
         plan.examined += len(invoices)
         owing.add(customer)
+        if any(row.due_date is not None and row.due_date < today for row in invoices):
+            overdue.add(customer)
         _plan_customer(ctx, customer, invoices)
-    _resume(ctx, owing, session, connections)
+    _resume(ctx, owing, overdue)
     _drop_recorded(session, plan)
     return plan
 
@@ -715,22 +724,12 @@ def suspend_tags(policy: DunningPolicy) -> set[str]:
     return tags
 
 
-def _resume(ctx: _Context, owing: set[CustomerRef], session: Session, connections: Sequence[str]) -> None:
-    """Suspended customers who no longer owe anything past due are resumed."""
+def _resume(ctx: _Context, owing: set[CustomerRef], overdue: set[CustomerRef]) -> None:
+    """Suspended customers who no longer owe anything past due are resumed (``owing``: customers with an open
+    balance; ``overdue``: those with some of it past due, both from the plan's own read of the open invoices)."""
     tags = suspend_tags(ctx.policy)
     if not tags:
         return
-    overdue = {
-        (connection, customer or "")
-        for connection, customer, balance in session.execute(
-            sa.select(col(Invoice.connection_id), col(Invoice.customer_external_id), col(Invoice.balance)).where(
-                col(Invoice.connection_id).in_(connections),
-                col(Invoice.status).in_(OPEN),
-                col(Invoice.due_date) < ctx.today,
-            )
-        )
-        if balance > ZERO
-    }
     for customer, held in ctx.tags.items():
         for tag in sorted(held & tags):
             if customer in overdue:
@@ -745,12 +744,9 @@ def _drop_recorded(session: Session, plan: DunningPlan) -> None:
     journal_keys = [a.key for a in plan.actions if not a.key.startswith("task:")]
     task_keys = [a.key for a in plan.actions if a.key.startswith("task:")]
     done: set[str] = set()
-    for start in range(0, len(journal_keys), CHUNK):
-        chunk = journal_keys[start : start + CHUNK]
-        done |= set(session.execute(sa.select(col(JournalEntry.key)).where(col(JournalEntry.key).in_(chunk))).scalars())
-    for start in range(0, len(task_keys), CHUNK):
-        chunk = task_keys[start : start + CHUNK]
-        done |= set(session.execute(sa.select(col(DunningTask.key)).where(col(DunningTask.key).in_(chunk))).scalars())
+    for column, keys in ((col(JournalEntry.key), journal_keys), (col(DunningTask.key), task_keys)):
+        for start in range(0, len(keys), CHUNK):
+            done |= set(session.execute(sa.select(column).where(column.in_(keys[start : start + CHUNK]))).scalars())
     if done:
         plan.actions = [a for a in plan.actions if a.key not in done]
 

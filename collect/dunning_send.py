@@ -255,7 +255,8 @@ class MessageSender:
         this = next((item for item in invoices if item["id"] == invoice), None)
         if this is not None:
             context["invoice"] = this
-            fees = late_fees_charged(session, self.tenant).get((connection, str(invoice)))
+            ref = (connection, str(invoice))
+            fees = late_fees_charged(session, self.tenant, ref).get(ref)
             if fees is not None:
                 context["fee"] = {"amount": fees.total, "currency": this["currency"]}
         if payload.get("url"):

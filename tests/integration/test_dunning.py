@@ -503,3 +503,23 @@ def test_when_every_address_bounces_the_reminder_goes_by_text(
         [sent] = s.execute(sa.select(DunningMessage)).scalars().all()
     assert blocked == [("gone@globex.example", "bounce")]
     assert (sent.channel, sent.address) == ("sms", "+14155550123")
+
+
+def test_a_suspended_customer_is_resumed_once_nothing_is_past_due(
+    sessions: sessionmaker[Session], smtp_server: SmtpServer
+) -> None:
+    seed(sessions)
+    with sessions.begin() as s:
+        L.tag(s, "c1", "credit-hold")
+        L.customer(s, "c2", method=None)
+        L.tag(s, "c2", "credit-hold")
+        L.invoice(s, "i2", "c2", "10.00", issued=date(2026, 11, 2), due=date(2027, 1, 31))  # owes, nothing late
+    world = World(sessions, smtp_server, policy())
+    world.clock.advance(days=(DUE - START).days + 5)  # c1's invoice is 5 days past due
+    plan = world.plan()
+    assert [(a.kind, a.customer, a.why) for a in plan.actions if a.kind == "resume"] == [
+        ("resume", "c2", "nothing is past due any more")
+    ]
+    world.pay("i1", "1000.00")
+    resumed = [(a.customer, a.why) for a in world.plan().actions if a.kind == "resume"]
+    assert resumed == [("c1", "nothing is past due any more (nothing owed)"), ("c2", "nothing is past due any more")]
